@@ -1,0 +1,85 @@
+"""Model configuration: dataclasses whose fields explain themselves, and JSON presets.
+
+A preset in `model_configs/NAME.json` holds `{"embed_dim", "image": {...}, "text": {...}}`; the
+weights live elsewhere (a checkpoint directory holds `config.json` + `model.safetensors`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .registry import Registry
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass
+class ImageTowerConfig:
+    kind: str = "cnn"  # "cnn" or "vit"
+    image_size: int = 64
+    width: int = 64  # CNN: channels of the first stage (doubles per stage); ViT: token width
+    layers: int = 4  # CNN: conv stages; ViT: transformer blocks
+    heads: int = 4  # ViT only
+    patch_size: int = 8  # ViT only
+    # Normalisation applied to [0, 1] pixels before the tower.
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class TextTowerConfig:
+    kind: str = "transformer"  # "transformer" (trained from scratch) or "minilm" (bundled, locked)
+    context_length: int = 48
+    vocab_size: int = 512  # upper bound for the tokenizer trained on the captions
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    locked: bool = False  # freeze the tower, train only the projection (LiT)
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 128
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    init_logit_scale: float = 2.659  # log(1/0.07), CLIP's initial temperature
+    init_logit_bias: float | None = None  # set (e.g. -10) for the SigLIP loss
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"name"}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        image = ImageTowerConfig(**_tuples(data.pop("image", {})))
+        text = TextTowerConfig(**data.pop("text", {}))
+        data.pop("name", None)
+        return cls(image=image, text=text, **data)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+MODEL_CONFIGS: Registry[Path] = Registry("model")
+for _path in sorted(CONFIG_DIR.glob("*.json")):
+    MODEL_CONFIGS.register(_path.stem, _path)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the architecture presets shipped in `model_configs/`."""
+    return MODEL_CONFIGS.list(pattern)
+
+
+def get_model_config(name_or_path: str | Path) -> ModelConfig:
+    """A preset by name, or a JSON file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.exists()):
+        path = MODEL_CONFIGS.get(str(name_or_path))
+    return ModelConfig.from_dict(json.loads(path.read_text()))

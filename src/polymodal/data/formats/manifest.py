@@ -1,0 +1,26 @@
+"""polymodal's own format: a directory with `manifest.jsonl` and the media files beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..schema import DataError, Record, SkipLog
+
+MANIFEST = "manifest.jsonl"
+
+
+def read_manifest(root: Path, skips: SkipLog) -> list[Record]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest.jsonl here (is this a polymodal dataset directory?)")
+    records = []
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(Record.from_json(json.loads(line)))
+            except (json.JSONDecodeError, DataError) as err:
+                skips.skip(f"{path}:{line_no}", f"bad record ({err})")
+    return records

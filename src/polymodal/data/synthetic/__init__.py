@@ -1,0 +1,1 @@
+"""Synthetic datasets that polymodal generates itself, so that everything runs offline."""

@@ -1,0 +1,376 @@
+"""ShapesWorld: a synthetic image-caption world with known ground truth.
+
+Each image holds 1-3 objects, each with a colour, a shape, a size and a position. The captions
+state a fixed set of *facts* about the scene (every object, and the spatial relation along a
+chain of object pairs), phrased with several templates and synonyms. Because the facts are stored
+in each record, evaluation can tell exactly which images a caption describes, and probes can build
+captions that differ in one fact only (colours swapped, relation reversed), as in ARO.
+
+`test_unseen` holds colour-shape combinations that never occur in train/val/test, for measuring
+compositional generalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..schema import Record, write_manifest
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 235),
+    "yellow": (235, 220, 50),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+    "cyan": (40, 210, 210),
+    "white": (235, 235, 235),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
+SIZES = {"small": 6.0, "large": 10.0}  # circumradius in pixels at 64x64
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+# One colour-shape pair per colour never appears in training; they make up `test_unseen`.
+UNSEEN_COMBOS = tuple((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOURS))
+
+# Wording. Training captions draw from TRAIN_*; the held-out wording (HELDOUT_*) only appears in
+# `attributes["rephrased"]` of evaluation records, to test robustness to unseen phrasing.
+TRAIN_WORDS = {
+    "small": ["small", "little"],
+    "large": ["large", "big"],
+    "circle": ["circle", "disc"],
+    "square": ["square"],
+    "triangle": ["triangle"],
+    "diamond": ["diamond", "rhombus"],
+    "cross": ["cross", "plus"],
+    "star": ["star"],
+    "purple": ["purple", "violet"],
+    "left of": ["left of", "to the left of"],
+    "right of": ["right of", "to the right of"],
+    "above": ["above", "over"],
+    "below": ["below", "under"],
+}
+HELDOUT_WORDS = {
+    "small": ["tiny"],
+    "large": ["huge"],
+    "square": ["box"],
+    "circle": ["dot"],
+    "left of": ["on the left side of"],
+    "right of": ["on the right side of"],
+    "above": ["on top of"],
+    "below": ["beneath"],
+}
+# {a}: the single object; {f1}, {f2}: fact phrases ("X left of Y"); {f1_is}: "X is left of Y".
+TRAIN_TEMPLATES = {
+    1: ["{a}", "there is {a}", "an image of {a}", "{a} on its own"],
+    2: ["{f1}", "there is {f1}", "{f1_is}", "an image of {f1}"],
+    3: ["{f1}, and {f2}", "there is {f1}, and {f2_is}", "{f1_is} and {f2_is}", "{f1}; {f2}"],
+}
+HELDOUT_TEMPLATES = {
+    1: ["a photo showing {a}", "this picture contains {a}"],
+    2: ["a photo showing {f1}", "in this picture {f1_sits}"],
+    3: ["a photo showing {f1} while {f2_sits}"],
+}
+
+
+@dataclass(frozen=True)
+class Obj:
+    colour: str
+    shape: str
+    size: str
+    x: float
+    y: float
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.size, self.colour, self.shape)
+
+
+def relation(a: dict | Obj, b: dict | Obj) -> str:
+    """Where `a` is relative to `b`, along the dominant axis (image y grows downwards)."""
+    ax, ay, bx, by = _xy(a) + _xy(b)
+    dx, dy = ax - bx, ay - by
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def _xy(o) -> tuple[float, float]:
+    return (o.x, o.y) if isinstance(o, Obj) else (o["x"], o["y"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes
+
+
+def sample_scene(rng: random.Random, combos: list[tuple[str, str]], must_include: list[tuple[str, str]] | None,
+                 image_size: int) -> list[Obj]:
+    """1-3 objects with distinct colour-shape pairs, non-overlapping, every pair with a clear
+    dominant axis (so that every relation word is unambiguous)."""
+    n = rng.randint(1, 3)
+    scale = image_size / 64
+    while True:
+        pairs = rng.sample(combos, n)
+        if must_include:
+            forced = rng.choice(must_include)
+            if forced not in pairs:
+                pairs[rng.randrange(n)] = forced
+        if len(set(pairs)) < n:
+            continue
+        objs: list[Obj] = []
+        for colour, shape in pairs:
+            size = rng.choice(tuple(SIZES))
+            r = SIZES[size] * scale
+            for _ in range(50):
+                x, y = rng.uniform(r + 1, image_size - r - 1), rng.uniform(r + 1, image_size - r - 1)
+                cand = Obj(colour, shape, size, round(x, 1), round(y, 1))
+                if all(_well_separated(cand, o, scale) for o in objs):
+                    objs.append(cand)
+                    break
+            else:
+                break  # could not place this object: resample the scene
+        if len(objs) == n:
+            return objs
+
+
+def _well_separated(a: Obj, b: Obj, scale: float) -> bool:
+    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
+    gap = (SIZES[a.size] + SIZES[b.size]) * scale + 2 * scale
+    major, minor = max(dx, dy), min(dx, dy)
+    return major >= gap and major >= 1.6 * minor
+
+
+def scene_facts(objs: list[Obj]) -> list[list]:
+    """The relations a caption states: along a chain of the objects in their stored order."""
+    return [[i, relation(objs[i], objs[i + 1]), i + 1] for i in range(len(objs) - 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        s = r / math.sqrt(2)
+        return [(x - s, y - s), (x + s, y - s), (x + s, y + s), (x - s, y + s)]
+    if shape == "triangle":
+        return [(x + r * math.cos(a), y + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    if shape == "diamond":
+        return [(x, y - r), (x + 0.7 * r, y), (x, y + r), (x - 0.7 * r, y)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else 0.45 * r
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((x + rad * math.cos(a), y + rad * math.sin(a)))
+        return pts
+    if shape == "cross":
+        t = 0.33 * r
+        return [(x - t, y - r), (x + t, y - r), (x + t, y - t), (x + r, y - t), (x + r, y + t), (x + t, y + t),
+                (x + t, y + r), (x - t, y + r), (x - t, y + t), (x - r, y + t), (x - r, y - t), (x - t, y - t)]
+    raise ValueError(f"unknown shape {shape}")
+
+
+def render(objs: list[Obj], image_size: int = 64) -> Image.Image:
+    img = Image.new("RGB", (image_size, image_size), (20, 20, 24))
+    draw = ImageDraw.Draw(img)
+    scale = image_size / 64
+    for o in objs:
+        r = SIZES[o.size] * scale
+        if o.shape == "circle":
+            draw.ellipse((o.x - r, o.y - r, o.x + r, o.y + r), fill=COLOURS[o.colour])
+        else:
+            draw.polygon(_polygon(o.shape, o.x, o.y, r), fill=COLOURS[o.colour])
+    return img
+
+
+# ----------------------------------------------------------------------------------------------
+# Captions
+
+
+def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout: bool = False) -> str:
+    """One caption stating every object and every fact, with random wording."""
+    words = HELDOUT_WORDS if heldout else TRAIN_WORDS
+
+    def word(w: str) -> str:
+        return rng.choice(words.get(w) or TRAIN_WORDS.get(w) or [w])
+
+    mentioned: set[int] = set()
+
+    def noun(i: int) -> str:
+        o = objects[i]
+        if i in mentioned:  # colour-shape pairs are unique in a scene, so "the red circle" is too
+            return f"the {word(o['colour'])} {word(o['shape'])}"
+        mentioned.add(i)
+        return f"a {word(o['size'])} {word(o['colour'])} {word(o['shape'])}"
+
+    template = rng.choice((HELDOUT_TEMPLATES if heldout else TRAIN_TEMPLATES)[len(objects)])
+    if len(objects) == 1:
+        return template.format(a=noun(0))
+    phrases = {}
+    for n, (i, rel, j) in enumerate(facts, 1):
+        if len(facts) == 1 and rng.random() < 0.5:
+            i, rel, j = j, INVERSE[rel], i  # "B right of A" states the same fact as "A left of B"
+        x, r, y = noun(i), word(rel), noun(j)
+        phrases |= {f"f{n}": f"{x} {r} {y}", f"f{n}_is": f"{x} is {r} {y}", f"f{n}_sits": f"{x} sits {r} {y}"}
+    return template.format(**phrases)
+
+
+def counterfactual(attributes: dict, kind: str, rng: random.Random) -> tuple[list[dict], list[list]] | None:
+    """The scene's objects and facts with one thing changed, or None where `kind` does not apply.
+
+    kinds: "swap_colours" (two objects exchange colours: attribute binding), "swap_relation"
+    (the two sides of one relation exchanged: relation order), "replace_colour",
+    "replace_shape", "replace_size" (one attribute of one object changed).
+    """
+    objects = [dict(o) for o in attributes["objects"]]
+    facts = [list(f) for f in attributes["relations"]]
+    n = len(objects)
+    if kind == "swap_colours":
+        pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if objects[a]["colour"] != objects[b]["colour"]]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        objects[a]["colour"], objects[b]["colour"] = objects[b]["colour"], objects[a]["colour"]
+    elif kind == "swap_relation":
+        if not facts:
+            return None
+        f = rng.choice(facts)
+        f[0], f[2] = f[2], f[0]
+    elif kind.startswith("replace_"):
+        attr = kind.removeprefix("replace_")
+        values = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}[attr]
+        o = rng.choice(objects)
+        o[attr] = rng.choice([v for v in values if v != o[attr]])
+    else:
+        raise ValueError(f"unknown counterfactual kind '{kind}'")
+    if len({(o["colour"], o["shape"]) for o in objects}) < n:
+        return None  # two identical objects would make "the red circle" ambiguous
+    return objects, facts
+
+
+NEGATIVE_KINDS = ("swap_colours", "swap_relation", "replace_colour", "replace_shape", "replace_size")
+
+
+def hard_negative(attributes: dict, rng: random.Random) -> str | None:
+    """A caption that contradicts the scene in one fact (NegCLIP-style hard negative)."""
+    kinds = list(NEGATIVE_KINDS)
+    rng.shuffle(kinds)
+    for kind in kinds:
+        changed = counterfactual(attributes, kind, rng)
+        if changed is not None:
+            return describe(*changed, rng)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching captions to scenes (the retrieval ground truth)
+
+
+def object_key(attributes: dict) -> tuple:
+    return tuple(sorted((o["size"], o["colour"], o["shape"]) for o in attributes["objects"]))
+
+
+def satisfies(scene: dict, described: dict) -> bool:
+    """Does `scene` (attributes of an image) make every fact of `described` true?"""
+    if object_key(scene) != object_key(described):
+        return False
+    where = {(o["size"], o["colour"], o["shape"]): o for o in scene["objects"]}
+    objs = described["objects"]
+    for i, rel, j in described["relations"]:
+        a = where[(objs[i]["size"], objs[i]["colour"], objs[i]["shape"])]
+        b = where[(objs[j]["size"], objs[j]["colour"], objs[j]["shape"])]
+        if relation(a, b) != rel:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The generator
+
+
+@dataclass
+class ShapesConfig:
+    n_train: int = 10000
+    n_val: int = 500
+    n_test: int = 1000
+    n_unseen: int = 1000
+    image_size: int = 64
+    captions_per_image: int = 5
+    seed: int = 0
+
+
+CHUNK = 500  # images per work unit; each unit has its own seed, so output is independent of workers
+
+
+def _generate_chunk(args) -> list[dict]:
+    out_dir, split, start, count, seed, image_size, n_captions = args
+    rng = random.Random(f"{seed}/{split}/{start}")
+    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in UNSEEN_COMBOS]
+    combos, must = (list(seen) + list(UNSEEN_COMBOS), list(UNSEEN_COMBOS)) if split == "test_unseen" else (seen, None)
+    records = []
+    for idx in range(start, start + count):
+        objs = sample_scene(rng, combos, must, image_size)
+        rec_id = f"{split}-{idx:07d}"
+        rel_path = f"images/{split}/{rec_id}.png"
+        render(objs, image_size).save(Path(out_dir) / rel_path, compress_level=1)
+        objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "x": o.x, "y": o.y} for o in objs]
+        attributes = {"objects": objects, "relations": scene_facts(objs)}
+        captions = [describe(objects, attributes["relations"], rng) for _ in range(n_captions)]
+        if split != "train":
+            attributes["rephrased"] = [describe(objects, attributes["relations"], rng, heldout=True) for _ in range(2)]
+        records.append(Record(id=rec_id, split=split, image=rel_path, text=captions, attributes=attributes).to_json())
+    return records
+
+
+def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, progress: bool = True) -> Path:
+    """Write a ShapesWorld dataset directory (images, manifest.jsonl, dataset.json)."""
+    from ...utils import progress_bar
+
+    out = Path(out)
+    sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test, "test_unseen": config.n_unseen}
+    jobs = []
+    for split, n in sizes.items():
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        jobs += [(str(out), split, s, min(CHUNK, n - s), config.seed, config.image_size, config.captions_per_image)
+                 for s in range(0, n, CHUNK)]
+    workers = workers or min(len(jobs), mp.cpu_count()) or 1
+    records: list[dict] = []
+    total = sum(sizes.values())
+    with progress_bar(progress) as bar:
+        task = bar.add_task("generating ShapesWorld", total=total)
+        if workers > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for chunk in pool.imap(_generate_chunk, jobs):
+                    records += chunk
+                    bar.advance(task, len(chunk))
+        else:
+            for job in jobs:
+                chunk = _generate_chunk(job)
+                records += chunk
+                bar.advance(task, len(chunk))
+    write_manifest(out / "manifest.jsonl", (Record.from_json(r) for r in records))
+    meta = {
+        "generator": "shapes", "version": 1, **config.__dict__, "splits": sizes,
+        "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
+        "unseen_combos": [list(c) for c in UNSEEN_COMBOS],
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def is_shapes_record(attributes: dict) -> bool:
+    return isinstance(attributes, dict) and "objects" in attributes and "relations" in attributes
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8)

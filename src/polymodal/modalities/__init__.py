@@ -1,0 +1,1 @@
+"""One module per modality: loading, preprocessing and encoders."""

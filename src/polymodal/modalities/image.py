@@ -1,0 +1,118 @@
+"""Images: loading, preprocessing, and the image towers (a small CNN and a small ViT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from ..config import ImageTowerConfig
+from ..data.schema import DataError
+
+
+@dataclass
+class EncoderOutput:
+    tokens: torch.Tensor  # (B, T, D): a sequence (image regions, text tokens)
+    pooled: torch.Tensor  # (B, D_pooled): one vector per sample, projected into the shared space
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; a missing or corrupt file raises DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"{path}: not a readable image ({err.__class__.__name__})") from None
+
+
+def image_to_uint8(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to `size`, centre-crop, and return (3, size, size) uint8."""
+    if img.size != (size, size):
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+class ImageNormalize(nn.Module):
+    """uint8 or [0, 1] float (B, 3, H, W) -> normalised float, inside the model so that every
+    caller (training, evaluation, export) preprocesses the same way."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return (x - self.mean) / self.std
+
+
+class ConvEncoder(nn.Module):
+    """A plain CNN: a stride-1 stem, then stride-2 stages that double the channels.
+
+    The pooled vector flattens the final feature map instead of averaging it, so where an object
+    is (needed for "left of", "above") survives into the embedding.
+    """
+
+    def __init__(self, cfg: ImageTowerConfig):
+        super().__init__()
+        layers, channels = [], 3
+        for i in range(cfg.layers):
+            out = cfg.width * 2 ** i
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        grid = cfg.image_size // 2 ** (cfg.layers - 1)
+        self.grid = min(grid, 8)  # larger inputs are pooled down to an 8x8 grid
+        self.pool = nn.AdaptiveAvgPool2d(self.grid) if grid != self.grid else nn.Identity()
+        self.width = channels
+        self.output_dim = channels * self.grid * self.grid
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        fmap = self.pool(self.body(x))  # (B, C, g, g)
+        tokens = fmap.flatten(2).transpose(1, 2)  # (B, g*g, C)
+        return EncoderOutput(tokens=tokens, pooled=fmap.flatten(1))
+
+
+class ViTEncoder(nn.Module):
+    """A small Vision Transformer: patch embedding, class token, pre-norm blocks."""
+
+    def __init__(self, cfg: ImageTowerConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        n_patches = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.width) * 0.02)
+        block = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.width = self.output_dim = cfg.width
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos  # (B, N+1, D)
+        x = self.norm(self.blocks(x))
+        return EncoderOutput(tokens=x[:, 1:], pooled=x[:, 0])
+
+
+IMAGE_TOWERS = {"cnn": ConvEncoder, "vit": ViTEncoder}
+
+
+def build_image_tower(cfg: ImageTowerConfig) -> nn.Module:
+    if cfg.kind not in IMAGE_TOWERS:
+        raise ValueError(f"unknown image tower '{cfg.kind}' (known: {', '.join(IMAGE_TOWERS)})")
+    return IMAGE_TOWERS[cfg.kind](cfg)

