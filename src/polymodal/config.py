@@ -21,6 +21,7 @@ class ImageTowerConfig:
     image_size: int = 64
     width: int = 64  # CNN: channels of the first stage (doubles per stage); ViT: token width
     layers: int = 4  # CNN: conv stages; ViT: transformer blocks
+    stem_stride: int = 2  # CNN only: stride of the first stage (1 keeps full resolution, costs ~4x)
     heads: int = 4  # ViT only
     patch_size: int = 8  # ViT only
     # Normalisation applied to [0, 1] pixels before the tower.
@@ -30,7 +31,7 @@ class ImageTowerConfig:
 
 @dataclass
 class TextTowerConfig:
-    kind: str = "transformer"  # "transformer" (trained from scratch) or "minilm" (bundled, locked)
+    kind: str = "transformer"  # "transformer" (from scratch), "minilm" (bundled), "bow" (bag-of-words baseline)
     context_length: int = 48
     vocab_size: int = 512  # upper bound for the tokenizer trained on the captions
     width: int = 128

@@ -17,7 +17,6 @@ def progress_bar(enabled: bool = True, transient: bool = False):
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[info]}", style="cyan") if False else TextColumn(""),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         disable=not enabled, transient=transient,
     )
@@ -55,3 +54,23 @@ def atomic_path(path: str | Path):
                 shutil.rmtree(tmp)
             else:
                 tmp.unlink()
+
+
+def fast_bf16(device: str) -> bool:
+    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); elsewhere
+    (an AVX2-only CPU, say) bf16 matrix products are emulated and hundreds of times slower."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"unknown precision '{precision}' (auto, bf16 or fp32; float16 is very slow on CPUs)")
+    return precision

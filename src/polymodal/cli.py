@@ -1,0 +1,261 @@
+"""The `polymodal` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="polymodal: multimodal learning toolkit (shared embedding spaces, retrieval, evaluation).")
+data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert datasets.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'180', '180s', '3m', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise typer.BadParameter(f"'{text}' is not a duration (e.g. 90s, 3m, 1h)") from None
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Path = typer.Argument(..., help="Directory to write (images/, manifest.jsonl, dataset.json)."),
+    n: int = typer.Option(10000, "--n", help="Training images."),
+    val: int = typer.Option(500, help="Validation images."),
+    test: int = typer.Option(1000, help="Test images (seen colour-shape combinations)."),
+    unseen: int = typer.Option(1000, help="test_unseen images (held-out colour-shape combinations)."),
+    image_size: int = typer.Option(64, help="Image side in pixels."),
+    captions: int = typer.Option(5, help="Captions per image."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
+    workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+):
+    """Generate a ShapesWorld dataset: images of 1-3 coloured shapes with captions."""
+    from .data.synthetic.shapes import ShapesConfig, generate
+
+    if min(n, val, test, unseen) < 0 or image_size < 32:
+        raise typer.BadParameter("counts must be >= 0 and --image-size >= 32")
+    cfg = ShapesConfig(n_train=n, n_val=val, n_test=test, n_unseen=unseen, image_size=image_size,
+                       captions_per_image=captions, seed=seed)
+    generate(out, cfg, workers=workers)
+    console.print(f"wrote {n + val + test + unseen} images to {out}")
+
+
+@data_app.command("info")
+def data_info(
+    source: Path = typer.Argument(..., help="A dataset: directory, COCO JSON, CSV/TSV, or class folder."),
+    format: str = typer.Option("auto", help="manifest, coco, csv, folder, or auto."),
+    images: Optional[Path] = typer.Option(None, help="Directory the media paths are relative to."),
+    strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+):
+    """Load a dataset with any loader and summarise it (splits, captions, skipped records)."""
+    from .data import load_records
+
+    data = load_records(source, format=format, strict=strict, images=images)
+    table = Table(title=f"{source}")
+    for col in ("split", "records", "with image", "captions"):
+        table.add_column(col)
+    for split, count in data.splits.items():
+        recs = data.split(split).records
+        table.add_row(split, str(count), str(sum(1 for r in recs if r.image)), str(sum(len(r.text) for r in recs)))
+    console.print(table)
+    console.print(data.skips.summary())
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Path = typer.Argument(..., help="COCO JSON, CSV/TSV or class folder to convert."),
+    out: Path = typer.Argument(..., help="Where to write manifest.jsonl (paths point back at the media)."),
+    format: str = typer.Option("auto", help="manifest, coco, csv, folder, or auto."),
+    images: Optional[Path] = typer.Option(None, help="Directory the media paths are relative to."),
+    strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+):
+    """Write any supported dataset as a polymodal manifest (media files are not copied)."""
+    import os
+
+    from .data import load_records, write_manifest
+
+    data = load_records(source, format=format, strict=strict, images=images)
+    out.mkdir(parents=True, exist_ok=True)
+    for rec in data.records:
+        for key in ("image", "audio"):
+            if getattr(rec, key):
+                setattr(rec, key, os.path.relpath(data.path(getattr(rec, key)), out))
+    n = write_manifest(out / "manifest.jsonl", data.records)
+    console.print(f"wrote {n} records to {out / 'manifest.jsonl'}")
+    console.print(data.skips.summary())
+
+
+# -- models, training, evaluation ----------------------------------------------------------------
+
+
+@app.command("models")
+def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'shapes-*'.")):
+    """List the architecture presets."""
+    from .config import list_models
+
+    for name in list_models(pattern):
+        console.print(name)
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Argument(..., help="Training dataset (its 'train' split is used)."),
+    out: Path = typer.Option(Path("runs/train"), help="Checkpoint directory to write."),
+    model: str = typer.Option("shapes-cnn-small", help="Architecture preset (see `polymodal models`) or JSON file."),
+    loss: str = typer.Option("clip", help="clip (symmetric InfoNCE) or siglip (sigmoid)."),
+    epochs: int = typer.Option(10, min=1),
+    time_budget: Optional[str] = typer.Option(None, help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
+    batch_size: int = typer.Option(256, min=2, help="Global batch size."),
+    accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
+    lr: float = typer.Option(2e-3),
+    weight_decay: float = typer.Option(0.1),
+    warmup: float = typer.Option(0.05, help="Warm-up fraction of training."),
+    grad_clip: float = typer.Option(1.0),
+    precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
+    hard_negatives: bool = typer.Option(True, help="NegCLIP-style counterfactual captions (ShapesWorld)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    eval_images: int = typer.Option(1000, help="Validation gallery size evaluated every epoch (0: none)."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+    strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+):
+    """Train an aligned image-text model contrastively. Runs under torchrun for DDP."""
+    from .train.loop import TrainConfig, train
+
+    if loss not in ("clip", "siglip"):
+        raise typer.BadParameter(f"unknown loss '{loss}' (clip or siglip)")
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, loss=loss, epochs=epochs,
+                      time_budget=parse_duration(time_budget), batch_size=batch_size, accum_steps=accum_steps,
+                      lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, precision=precision,
+                      hard_negatives=hard_negatives, seed=seed, device=device, eval_images=eval_images,
+                      resume=resume, strict=strict)
+    path = train(cfg)
+    console.print(f"checkpoint: {path}")
+
+
+def print_results(results: dict) -> None:
+    table = Table(title="evaluation")
+    for col in ("split", "images", "t2i R@1", "R@5", "R@10", "medR", "i2t R@1", "R@5", "R@10", "medR"):
+        table.add_column(col, justify="right")
+    for split, r in results.items():
+        if not isinstance(r, dict) or "text_to_image" not in r:
+            continue
+        t, i = r["text_to_image"], r["image_to_text"]
+        table.add_row(split, str(r["n_images"]), *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
+                      *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
+    console.print(table)
+    for split, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        if "instance_R@1_ceiling" in r.get("text_to_image", {}):
+            t = r["text_to_image"]
+            console.print(f"{split}: exact-image R@1 {t['instance_R@1']:.3f} (ceiling {t['instance_R@1_ceiling']:.3f})")
+        zs = r.get("zero_shot")
+        if zs:
+            parts = {k: v for k, v in zs.items() if isinstance(v, float)}
+            console.print(f"{split} zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+        for name, p in r.get("probes", {}).items():
+            console.print(f"{split} probe {name}: {p['accuracy']:.3f} (n={p['n']})")
+        if "rephrased_R@1_drop" in r:
+            console.print(f"{split} held-out rephrasing: R@1 drop {r['rephrased_R@1_drop']:.3f}")
+    if "unseen_gap" in results:
+        g = results["unseen_gap"]
+        console.print(f"unseen combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
+                      f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    data: Path = typer.Argument(..., help="Dataset to evaluate on."),
+    split: Optional[List[str]] = typer.Option(None, help="Split(s); default test and test_unseen."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated class names for zero-shot on labelled data."),
+    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images of each split."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+):
+    """Evaluate retrieval (R@1/5/10, median rank), zero-shot accuracy and compositional probes."""
+    from . import load
+    from .data import load_records
+    from .evaluate import evaluate
+
+    model = load(checkpoint)
+    dataset = load_records(data, strict=strict)
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    results = evaluate(model, dataset, splits=split or None, max_images=max_images, class_names=names)
+    print_results(results)
+    if len(dataset.skips):
+        console.print(dataset.skips.summary())
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+        console.print(f"metrics: {json_out}")
+
+
+@app.command("similarity")
+def similarity_cmd(
+    image: Path = typer.Argument(..., help="Image file."),
+    texts: List[str] = typer.Argument(..., help="Candidate texts."),
+    model: Path = typer.Option(Path("runs/demo/model"), help="Checkpoint directory."),
+):
+    """Print the softmax probability of each text for IMAGE (CLIP's first example)."""
+    from . import load
+
+    m = load(model)
+    probs = m.similarity([image], texts, softmax=True)[0]
+    table = Table()
+    table.add_column("text")
+    table.add_column("probability", justify="right")
+    for text, p in sorted(zip(texts, probs.tolist()), key=lambda x: -x[1]):
+        table.add_row(text, f"{p:.3f}")
+    console.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the data, model and report go."),
+    n_train: int = typer.Option(40000, help="Training images."),
+    n_test: int = typer.Option(10000, help="Test gallery size."),
+    time_budget: str = typer.Option("3m", help="Training time."),
+    model: str = typer.Option("shapes-cnn-small", help="Architecture preset."),
+):
+    """Generate ShapesWorld, train, evaluate, and write an HTML report."""
+    from .demo import run_demo
+
+    report = run_demo(out, n_train=n_train, n_test=n_test, time_budget=parse_duration(time_budget), model=model)
+    console.print(f"[bold green]report:[/] {report}")
+
+
+def main() -> None:
+    """Entry point: domain errors become one line on stderr and exit status 2."""
+    from .data.schema import DataError
+    from .registry import UnknownNameError
+
+    try:
+        app()
+    except (DataError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`polymodal demo`: generate ShapesWorld, train, evaluate, write runs/demo/report.html."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from rich.console import Console
+
+from .data.formats import load_records
+from .data.pairs import ImageTextPairs
+from .data.synthetic import shapes
+from .evaluate import evaluate
+from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
+from .train.checkpoint import load_checkpoint
+from .train.loop import TrainConfig, train
+
+console = Console()
+
+# Queries for the report: (objects, relations), some with colour-shape pairs held out of training.
+DEMO_QUERIES = [
+    ([("small", "red", "square")], []),
+    ([("large", "blue", "star"), ("small", "yellow", "circle")], [[0, "left of", 1]]),
+    ([("large", "green", "triangle"), ("large", "white", "cross")], [[0, "above", 1]]),
+    ([("small", "red", "circle")], []),  # unseen: red circles never occur in training
+    ([("large", "blue", "triangle"), ("small", "cyan", "square")], [[0, "below", 1]]),  # unseen: blue triangle
+    ([("small", "orange", "star"), ("large", "purple", "circle"), ("large", "green", "diamond")],
+     [[0, "right of", 1], [1, "above", 2]]),  # unseen: orange star
+]
+
+
+def _objects(spec) -> list[dict]:
+    return [{"size": s, "colour": c, "shape": sh, "x": 0, "y": 0} for s, c, sh in spec]
+
+
+def search_results(model, pairs: ImageTextPairs, image_emb: torch.Tensor, k: int = 8) -> list[dict]:
+    unseen = {tuple(c) for c in shapes.UNSEEN_COMBOS}
+    out = []
+    for spec, relations in DEMO_QUERIES:
+        objects = _objects(spec)
+        text = shapes.describe(objects, relations, random.Random(0))
+        scores = (image_emb @ model.encode_text([text]).T).squeeze(1)  # (N,)
+        top = scores.topk(k)
+        described = {"objects": objects, "relations": relations}
+        results = []
+        for score, idx in zip(top.values.tolist(), top.indices.tolist()):
+            hit = shapes.satisfies(pairs.records[idx].attributes, described)
+            img = Image.fromarray(pairs.images[idx].permute(1, 2, 0).numpy())
+            results.append({"png": png_b64(img), "score": score, "cls": "hit" if hit else "miss"})
+        out.append({"text": text, "results": results, "unseen": any((c, sh) in unseen for _, c, sh in spec)})
+    return out
+
+
+def heatmap_figure(model, pairs: ImageTextPairs, n: int = 8):
+    """n test images against their own first captions: the diagonal should light up."""
+    idx = list(range(n))
+    captions = [pairs.records[i].text[0] for i in idx]
+    sims = model.encode_image(pairs.images[idx]) @ model.encode_text(captions).T  # (n, n)
+    thumbs = [Image.fromarray(pairs.images[i].permute(1, 2, 0).numpy()).resize((96, 96), Image.NEAREST) for i in idx]
+    return similarity_heatmap(sims, captions, thumbs)
+
+
+def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: float | None = 180.0,
+             model: str = "shapes-cnn-small", seed: int = 0) -> Path:
+    out = Path(out)
+    data_dir, model_dir = out / "data", out / "model"
+    t0 = time.perf_counter()
+    cfg = shapes.ShapesConfig(n_train=n_train, n_val=1000, n_test=n_test, n_unseen=min(2000, n_test), seed=seed)
+    meta = data_dir / "dataset.json"
+    if meta.exists() and json.loads(meta.read_text()).get("n_train") == n_train and \
+            json.loads(meta.read_text()).get("n_test") == n_test:
+        console.print(f"reusing {data_dir}")
+    else:
+        console.rule("1. generate ShapesWorld")
+        shapes.generate(data_dir, cfg)
+    console.rule("2. train")
+    train(TrainConfig(data=str(data_dir), out=str(model_dir), model=model, epochs=100, time_budget=time_budget, seed=seed))
+    console.rule("3. evaluate")
+    trained = load_checkpoint(model_dir)
+    data = load_records(data_dir)
+    results = evaluate(trained, data)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    from .cli import print_results
+
+    print_results(results)
+    console.rule("4. report")
+    test = ImageTextPairs(data.split("test"), trained.config.image.image_size, progress=False)
+    image_emb = trained.encode_image(test.images)
+    figures = [{"title": "Similarity of test images and captions", "png": png_b64(heatmap_figure(trained, test))},
+               {"title": "Training", "png": png_b64(loss_curve(model_dir / "metrics.csv"))}]
+    subtitle = (f"model {model}, {n_train:,} training images, training budget {time_budget or 0:.0f} s; "
+                f"test gallery {len(test):,} images; whole run {time.perf_counter() - t0:.0f} s")
+    return write_report(out / "report.html", "polymodal demo: ShapesWorld", subtitle, results,
+                        search_results(trained, test, image_emb), figures)

@@ -1,0 +1,138 @@
+"""The HTML report: metrics, text-to-image search results, a similarity heat-map, the loss curve.
+
+One self-contained file (figures are embedded PNGs), so it can be mailed or archived as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from jinja2 import Template  # noqa: E402
+
+TEMPLATE = Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+ table { border-collapse: collapse; margin: 1rem 0; } td, th { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
+ th:first-child, td:first-child { text-align: left; }
+ .query { margin: 1.2rem 0; } .query h3 { font-size: 1rem; margin: .2rem 0; }
+ .grid { display: flex; gap: .4rem; } .grid figure { margin: 0; text-align: center; font-size: .75rem; }
+ .grid img { width: 96px; height: 96px; image-rendering: pixelated; border: 3px solid #ddd; }
+ .grid img.hit { border-color: #2a2; } .grid img.miss { border-color: #c33; }
+ .note { color: #666; font-size: .9rem; }
+</style></head><body>
+<h1>{{ title }}</h1>
+<p class="note">{{ subtitle }}</p>
+<h2>Metrics</h2>
+{{ metrics_table }}
+{% if extra_lines %}<ul>{% for line in extra_lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+{% if queries %}<h2>Text &rarr; image search</h2>
+<p class="note">Top results from the test gallery; green: the image makes every fact of the query true.</p>
+{% for q in queries %}<div class="query"><h3>&ldquo;{{ q.text }}&rdquo;{% if q.unseen %} <em>(unseen combination)</em>{% endif %}</h3>
+<div class="grid">{% for r in q.results %}<figure><img class="{{ r.cls }}" src="data:image/png;base64,{{ r.png }}"><figcaption>{{ '%.3f' % r.score }}</figcaption></figure>{% endfor %}</div></div>{% endfor %}{% endif %}
+{% for fig in figures %}<h2>{{ fig.title }}</h2><img src="data:image/png;base64,{{ fig.png }}" style="max-width:100%">{% endfor %}
+</body></html>
+""")
+
+
+def png_b64(fig_or_image) -> str:
+    buf = io.BytesIO()
+    if hasattr(fig_or_image, "savefig"):
+        fig_or_image.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig_or_image)
+    else:
+        fig_or_image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def metrics_table(results: dict) -> str:
+    rows = ["<table><tr><th>split</th><th>images</th><th>t&rarr;i R@1</th><th>R@5</th><th>R@10</th><th>median rank</th>"
+            "<th>i&rarr;t R@1</th><th>R@5</th><th>R@10</th></tr>"]
+    for split, r in results.items():
+        if not isinstance(r, dict) or "text_to_image" not in r:
+            continue
+        t, i = r["text_to_image"], r["image_to_text"]
+        cells = [split, r["n_images"], *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
+                 *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10"))]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return "\n".join(rows) + "</table>"
+
+
+def summary_lines(results: dict) -> list[str]:
+    lines = []
+    for split, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        zs = r.get("zero_shot") or {}
+        if zs:
+            lines.append(f"{split} zero-shot accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in zs.items() if isinstance(v, float)))
+        for name, p in r.get("probes", {}).items():
+            lines.append(f"{split} ARO-style probe, {name.replace('_', ' ')}: {p['accuracy']:.3f} "
+                         f"(n={p['n']}; e.g. &ldquo;{p['example'][0]}&rdquo; vs &ldquo;{p['example'][1]}&rdquo;)")
+        if "rephrased_R@1_drop" in r:
+            lines.append(f"{split} captions rephrased with held-out wording: t&rarr;i R@1 drop {r['rephrased_R@1_drop']:.3f}")
+    if "unseen_gap" in results:
+        g = results["unseen_gap"]
+        lines.append(f"unseen colour-shape combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
+                     f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
+    return lines
+
+
+def loss_curve(metrics_csv: Path):
+    steps, losses, evals = [], [], {}
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            if row["name"] == "train/loss":
+                steps.append(int(row["step"]))
+                losses.append(float(row["value"]))
+            elif row["name"].startswith("val/"):
+                evals.setdefault(row["name"], []).append((int(row["step"]), float(row["value"])))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(steps, losses, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        for name, pts in evals.items():
+            ax2.plot(*zip(*pts), "o--", label=name)
+        ax2.set_ylabel("validation")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def similarity_heatmap(sims: torch.Tensor, captions: list[str], thumbs: list):
+    """sims: (I, T) with I images (columns show them as thumbnails) and T captions."""
+    n_img, n_txt = sims.shape
+    fig, axes = plt.subplots(2, 1, figsize=(1.0 * n_img + 4, 0.45 * n_txt + 2.2),
+                             gridspec_kw={"height_ratios": [1.3, 0.45 * n_txt]})
+    axes[0].imshow(np.concatenate([np.asarray(t) for t in thumbs], axis=1))
+    axes[0].axis("off")
+    im = axes[1].imshow(sims.T.numpy(), cmap="viridis", aspect="auto")
+    axes[1].set_yticks(range(n_txt), [c if len(c) < 60 else c[:57] + "..." for c in captions], fontsize=8)
+    axes[1].set_xticks(range(n_img), [str(i) for i in range(n_img)])
+    for i in range(n_img):
+        for t in range(n_txt):
+            axes[1].text(i, t, f"{sims[i, t]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=axes[1], fraction=0.02)
+    return fig
+
+
+def write_report(path: Path, title: str, subtitle: str, results: dict, queries: list[dict], figures: list[dict]) -> Path:
+    page = TEMPLATE.render(title=title, subtitle=subtitle, metrics_table=metrics_table(results),
+                           extra_lines=summary_lines(results), queries=queries, figures=figures)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,77 @@
+"""Cross-modal retrieval metrics: recall@K and median rank, in both directions.
+
+A query is a hit at rank r when the best-ranked *relevant* item is at r. Relevance is a list of
+index arrays, so the same code serves COCO-style evaluation (an image is relevant to each of its
+own captions) and ShapesWorld (an image is relevant to every caption whose facts it satisfies).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from ..data.synthetic import shapes
+
+
+def first_hit_ranks(sim: torch.Tensor, relevant: list[np.ndarray], chunk: int = 2048) -> np.ndarray:
+    """sim: (Q, N) scores; relevant[q]: indices into N. Returns (Q,) 1-based ranks."""
+    ranks = np.empty(len(relevant), dtype=np.int64)
+    for start in range(0, len(relevant), chunk):
+        block = sim[start:start + chunk]  # (C, N)
+        best = torch.stack([block[i, torch.as_tensor(relevant[start + i])].max() for i in range(len(block))])
+        ranks[start:start + chunk] = ((block > best[:, None]).sum(1) + 1).numpy()
+    return ranks
+
+
+def summarize(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    out = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+    out["median_rank"] = float(np.median(ranks))
+    out["mean_rank"] = float(ranks.mean())
+    return out
+
+
+def relevance(records, caption_owner: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(relevant images per caption, relevant captions per image).
+
+    ShapesWorld records: an image is relevant to a caption when its scene makes every fact of
+    the caption true (two scenes with the same description match each other's captions).
+    Other data: an image is relevant to its own captions only (COCO evaluation).
+    """
+    n = len(records)
+    if all(shapes.is_shapes_record(r.attributes) for r in records):
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(records):
+            groups[shapes.object_key(r.attributes)].append(i)
+        images_for_image = []
+        for i, r in enumerate(records):
+            same = groups[shapes.object_key(r.attributes)]
+            images_for_image.append(np.array([j for j in same if shapes.satisfies(records[j].attributes, r.attributes)]))
+    else:
+        images_for_image = [np.array([i]) for i in range(n)]
+    captions_of = defaultdict(list)
+    for c, owner in enumerate(caption_owner):
+        captions_of[owner].append(c)
+    images_for_caption = [images_for_image[owner] for owner in caption_owner]
+    # Caption c is relevant to image j when j is relevant to c.
+    captions_for_image: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in images_for_image[i]:
+            captions_for_image[j].extend(captions_of[i])
+    return images_for_caption, [np.array(c) for c in captions_for_image]
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_owner: np.ndarray,
+                      records) -> dict[str, dict[str, float]]:
+    """image_emb (N, E), text_emb (C, E) unit vectors; caption_owner[c] = index of c's image."""
+    images_for_caption, captions_for_image = relevance(records, caption_owner)
+    t2i = first_hit_ranks(text_emb @ image_emb.T, images_for_caption)
+    i2t = first_hit_ranks(image_emb @ text_emb.T, captions_for_image)
+    out = {"text_to_image": summarize(t2i), "image_to_text": summarize(i2t)}
+    # Instance-level view: must the exact image be found? Its ceiling says how often a caption
+    # describes more than one image of the gallery, i.e. what "scene-level" forgives.
+    own = first_hit_ranks(text_emb @ image_emb.T, [np.array([o]) for o in caption_owner])
+    out["text_to_image"]["instance_R@1"] = float((own == 1).mean())
+    out["text_to_image"]["instance_R@1_ceiling"] = float(np.mean([1 / len(r) for r in images_for_caption]))
+    return out

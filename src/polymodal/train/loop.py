@@ -1,0 +1,243 @@
+"""The training loop for aligned (contrastive) models.
+
+One loop for one CPU, one GPU, or many processes under torchrun. The learning-rate schedule runs
+on *progress*, which is the further along of steps/total-steps and elapsed/time-budget, so
+`--time-budget 3m` gives a complete warm-up + cosine schedule that ends on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.formats import load_records
+from ..data.pairs import ImageTextPairs
+from ..data.schema import DataError
+from ..losses import get_loss
+from ..models.factory import create_model
+from ..utils import atomic_path, pick_device, progress_bar, resolve_precision, seed_everything
+from .checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .optim import build_optimizer, lr_at, set_lr
+
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str  # dataset directory (or any format the loaders read)
+    out: str  # checkpoint directory to write
+    model: str = "shapes-cnn-small"  # preset name or JSON path
+    loss: str = "clip"  # "clip" (InfoNCE) or "siglip"
+    epochs: int = 10
+    time_budget: float | None = None  # seconds of training; the schedule is fitted to it
+    batch_size: int = 256  # global batch, split across DDP ranks
+    accum_steps: int = 1  # micro-batches per optimizer step (each is its own contrastive batch)
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.05  # fraction of training
+    grad_clip: float = 1.0
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware is fast at it
+    hard_negatives: bool = True  # NegCLIP-style counterfactual captions (ShapesWorld data)
+    hard_negatives_from: float = 0.0  # start them at this fraction of training (they double text compute)
+    seed: int = 0
+    device: str = "auto"
+    eval_split: str = "val"
+    eval_images: int = 1000  # gallery size for the per-epoch evaluation (0: skip)
+    strict: bool = False  # stop at the first bad record instead of skipping it
+    resume: bool = False
+    progress: bool = True
+    log_every: int = 10  # steps between metric rows
+    extra: dict = field(default_factory=dict)
+
+
+def _autocast(device: str, precision: str):
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class MetricsLog:
+    """metrics.csv (one row per logged step or evaluation) and TensorBoard, on rank 0."""
+
+    def __init__(self, out: Path, enabled: bool, resume: bool):
+        self.enabled = enabled
+        self.path = out / "metrics.csv"
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+            if not resume and self.path.exists():
+                self.path.unlink()
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "name", "value"])
+            for k, v in values.items():
+                w.writerow([step, k, f"{v:.6g}"])
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, evaluating every epoch; returns the checkpoint directory."""
+    device = pick_device(cfg.device)
+    dist_info = init_distributed(device)
+    if dist_info.enabled and device.startswith("cuda"):
+        device = f"cuda:{dist_info.local_rank}"
+    try:
+        return _train(cfg, device, dist_info)
+    finally:
+        cleanup(dist_info)
+
+
+def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    if cfg.batch_size % (info.world_size * cfg.accum_steps):
+        raise ValueError(f"batch size {cfg.batch_size} must divide by world size x accum steps "
+                         f"({info.world_size} x {cfg.accum_steps})")
+    data = load_records(cfg.data, strict=cfg.strict)
+    train_set = data.split("train")
+    if not len(train_set):
+        raise DataError(f"{cfg.data}: no records in split 'train' (splits: {data.splits})")
+
+    state = None
+    if cfg.resume and is_checkpoint(out) and (out / STATE_FILE).exists():
+        model = load_checkpoint(out, device)
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    else:
+        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text)).to(device)
+        if cfg.loss == "siglip" and model.logit_bias is None:
+            # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
+            # negative pairs do not swamp the first steps.
+            model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
+            model.logit_scale.data.fill_(math.log(10))
+            model.config.init_logit_bias, model.config.init_logit_scale = -10.0, math.log(10)
+    loss_fn = get_loss(cfg.loss)
+    pairs = ImageTextPairs(train_set, model.config.image.image_size, progress=cfg.progress and info.is_main)
+    val = None
+    if cfg.eval_images and cfg.eval_split in data.splits and info.is_main:
+        val = data.split(cfg.eval_split)
+        val.records = val.records[: cfg.eval_images]
+    if info.is_main and len(data.skips):
+        print(data.skips.summary())
+
+    if device == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    net = DistributedDataParallel(model) if info.enabled else model
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise DataError(f"{cfg.data}: {len(pairs)} training pairs are fewer than one batch of {cfg.batch_size}")
+    total_steps = steps_per_epoch * cfg.epochs
+    step, epoch, elapsed = 0, 0, 0.0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, elapsed = state["step"], state["epoch"], state["elapsed"]
+    log = MetricsLog(out, info.is_main, resume=state is not None)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def progress_now() -> float:
+        p = step / total_steps
+        if cfg.time_budget:
+            p = max(p, elapsed / cfg.time_budget)
+        return min(p, 1.0)
+
+    micro = cfg.batch_size // cfg.accum_steps
+    start_time = time.perf_counter() - elapsed
+    done = progress_now() >= 1.0
+    with progress_bar(cfg.progress and info.is_main) as bar:
+        task = bar.add_task("training", total=1000, completed=int(1000 * progress_now()))
+        while not done and epoch < cfg.epochs:
+            model.train()
+            seen, t_epoch = 0, time.perf_counter()
+            batches = pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
+                                    hard_negatives=lambda: cfg.hard_negatives and progress_now() >= cfg.hard_negatives_from)
+            for batch in batches:
+                set_lr(optimizer, lr_at(progress_now(), cfg.lr, cfg.warmup))
+                losses = _step(net, model, batch, loss_fn, optimizer, cfg, device, micro // info.world_size)
+                step += 1
+                seen += cfg.batch_size
+                elapsed = time.perf_counter() - start_time
+                rate = seen / (time.perf_counter() - t_epoch)
+                bar.update(task, completed=int(1000 * progress_now()),
+                           description=f"epoch {epoch + 1} loss {losses['loss']:.3f} {rate:,.0f} samples/s")
+                if step % cfg.log_every == 0:
+                    log.log(step, {**{f"train/{k}": v for k, v in losses.items()},
+                                   "train/lr": optimizer.param_groups[0]["lr"], "train/samples_per_s": rate,
+                                   "train/logit_scale": model.logit_scale.exp().item()})
+                if progress_now() >= 1.0:
+                    done = True
+                    break
+            epoch += 1
+            if info.is_main:
+                metrics = _evaluate_epoch(model, val) if val is not None else {}
+                log.log(step, {**metrics, "epoch": epoch})
+                if metrics:
+                    bar.console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                _save(model, optimizer, out, cfg, step, epoch, elapsed)
+            barrier(info)
+    log.close()
+    return out
+
+
+def _step(net, model, batch, loss_fn, optimizer, cfg: TrainConfig, device: str, micro: int) -> dict[str, float]:
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for start in range(0, len(batch.images), micro):
+        images = batch.images[start:start + micro].to(device, non_blocking=True)
+        if device == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        text = model.tokenizer(batch.captions[start:start + micro]).to(device)
+        negatives = model.tokenizer(batch.negatives[start:start + micro]).to(device) if batch.negatives else None
+        with _autocast(device, cfg.precision):
+            out = net(images, text, negatives)
+        terms = loss_fn(out)
+        loss = sum(terms.values())
+        (loss / cfg.accum_steps).backward()
+        for k, v in {**terms, "loss": loss}.items():
+            totals[k] = totals.get(k, 0.0) + v.item() / cfg.accum_steps
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return totals
+
+
+def _evaluate_epoch(model, val) -> dict[str, float]:
+    from ..evaluate.run import evaluate_split
+
+    res = evaluate_split(model, val, progress=False)
+    out = {}
+    if "text_to_image" in res:
+        out["val/t2i_R@1"] = res["text_to_image"]["R@1"]
+        out["val/i2t_R@1"] = res["image_to_text"]["R@1"]
+    for name, probe in res.get("probes", {}).items():
+        out[f"val/{name}"] = probe["accuracy"]
+    return out
+
+
+def _save(model, optimizer, out: Path, cfg: TrainConfig, step: int, epoch: int, elapsed: float) -> None:
+    train_meta = {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
+    save_checkpoint(model, out, extra={"training": train_meta, "step": step, "epoch": epoch})
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed": elapsed}, tmp)
+    (out / "train_config.json").write_text(json.dumps(train_meta, indent=2))

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+import polymodal
+from polymodal.data.schema import DataError
+from polymodal.registry import UnknownNameError
+from polymodal.train.checkpoint import load_checkpoint, save_checkpoint
+
+CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc"]
+
+
+@pytest.mark.parametrize("name", polymodal.list_models())
+def test_every_preset_forward_backward_save_load(name, tmp_path):
+    torch.manual_seed(0)
+    model = polymodal.create_model(name, texts=CAPTIONS * 10)
+    size = model.config.image.image_size
+    images = torch.randint(0, 255, (3, 3, size, size), dtype=torch.uint8)
+    ids = model.tokenizer(CAPTIONS)
+    out = model(images, ids)
+    assert out["image_features"].shape == out["text_features"].shape == (3, model.config.embed_dim)
+    assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(3), atol=1e-5)
+    loss = (out["image_features"] * out["text_features"]).sum()
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in model.image_proj.parameters())
+    assert sum(p.grad.abs().sum().item() for p in trainable if p.grad is not None) > 0
+
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    model.eval()
+    assert torch.allclose(model.encode_image(images), loaded.encode_image(images), atol=1e-6)
+    assert torch.allclose(model.encode_text(CAPTIONS), loaded.encode_text(CAPTIONS), atol=1e-6)
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "ckpt").iterdir())
+
+
+def test_locked_minilm_tower_trains_only_its_projection(tmp_path):
+    model = polymodal.create_model("shapes-cnn-minilm")
+    assert not any(p.requires_grad for p in model.text_tower.parameters())
+    assert all(p.requires_grad for p in model.text_proj.parameters())
+    first = model.text_tower(model.tokenizer(["a red circle"])).pooled
+    again = model.text_tower(model.tokenizer(["a red circle"])).pooled  # served from the cache
+    assert torch.equal(first, again)
+    # The bundled BERT is not copied into the checkpoint.
+    save_checkpoint(model, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(UnknownNameError, match="shapes-cnn-small"):
+        polymodal.create_model("shapes-cnn-smal", texts=CAPTIONS)
+
+
+def test_missing_and_damaged_checkpoints(tmp_path):
+    with pytest.raises(DataError, match="no such checkpoint"):
+        polymodal.load(tmp_path / "nothing")
+    model = polymodal.create_model("shapes-cnn-tiny", texts=CAPTIONS)
+    save_checkpoint(model, tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="unreadable weights"):
+        polymodal.load(tmp_path / "c")
+
+
+def test_raw_inputs_and_clear_errors(tmp_path):
+    from PIL import Image
+
+    model = polymodal.create_model("shapes-cnn-tiny", texts=CAPTIONS)
+    Image.new("RGB", (100, 80), (200, 10, 10)).save(tmp_path / "x.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    probs = model.similarity([tmp_path / "x.png"], CAPTIONS, softmax=True)
+    assert probs.shape == (1, 3) and abs(probs.sum().item() - 1) < 1e-5
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
+        model.encode_image([tmp_path / "broken.png"])
+    with pytest.raises(DataError, match="missing.png: file not found"):
+        model.encode_image([tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match="empty text"):
+        model.encode_text(["  "])
