@@ -72,3 +72,19 @@ def test_ddp_matches_single_process(loss_name):
     for _, loss, grad in results:
         assert abs(loss - single_loss) < 1e-5  # every rank computes the global-batch loss
         assert torch.allclose(grad, single_grad, atol=1e-5)  # DDP's averaged gradient is the global one
+
+
+def test_train_command_under_torchrun(shapes_dir, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "polymodal.cli", "train", str(shapes_dir), "--out", str(tmp_path / "ddp"), "--model", "shapes-cnn-tiny",
+           "--epochs", "1", "--batch-size", "64", "--eval-images", "50"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = polymodal.load(tmp_path / "ddp")
+    assert model.encode_text(["a red circle"]).shape == (1, 64)
+    import json
+
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["step"] == 600 // 64

@@ -9,7 +9,8 @@ def test_first_hit_rank_by_hand():
     sim = torch.tensor([[0.9, 0.1, 0.5, 0.3],   # relevant {2}: 0.9 beats it -> rank 2
                         [0.2, 0.8, 0.1, 0.0],   # relevant {1}: rank 1
                         [0.4, 0.3, 0.2, 0.1]])  # relevant {2, 3}: best 0.2, two above -> rank 3
-    ranks = first_hit_ranks(sim, [np.array([2]), np.array([1]), np.array([2, 3])])
+    # queries @ identity gallery = the score matrix itself; chunk=2 exercises the chunking.
+    (ranks,) = first_hit_ranks(sim, torch.eye(4), [np.array([2]), np.array([1]), np.array([2, 3])], chunk=2)
     assert ranks.tolist() == [2, 1, 3]
     m = summarize(ranks, ks=(1, 2))
     assert m["R@1"] == 1 / 3 and m["R@2"] == 2 / 3 and m["median_rank"] == 2

@@ -22,6 +22,7 @@ class ImageTowerConfig:
     width: int = 64  # CNN: channels of the first stage (doubles per stage); ViT: token width
     layers: int = 4  # CNN: conv stages; ViT: transformer blocks
     stem_stride: int = 2  # CNN only: stride of the first stage (1 keeps full resolution, costs ~4x)
+    pool: str = "attention"  # CNN only: "attention" (CLIP's attention pool) or "flatten"
     heads: int = 4  # ViT only
     patch_size: int = 8  # ViT only
     # Normalisation applied to [0, 1] pixels before the tower.

@@ -15,13 +15,17 @@ import torch
 from ..data.synthetic import shapes
 
 
-def first_hit_ranks(sim: torch.Tensor, relevant: list[np.ndarray], chunk: int = 2048) -> np.ndarray:
-    """sim: (Q, N) scores; relevant[q]: indices into N. Returns (Q,) 1-based ranks."""
-    ranks = np.empty(len(relevant), dtype=np.int64)
-    for start in range(0, len(relevant), chunk):
-        block = sim[start:start + chunk]  # (C, N)
-        best = torch.stack([block[i, torch.as_tensor(relevant[start + i])].max() for i in range(len(block))])
-        ranks[start:start + chunk] = ((block > best[:, None]).sum(1) + 1).numpy()
+def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, *relevant: list[np.ndarray],
+                    chunk: int = 1024) -> list[np.ndarray]:
+    """queries (Q, E), gallery (N, E); each `relevant` list gives, per query, indices into the
+    gallery. Returns one (Q,) array of 1-based ranks per list. Scores are computed a chunk of
+    queries at a time, so memory stays at chunk x N whatever Q is."""
+    ranks = [np.empty(len(queries), dtype=np.int64) for _ in relevant]
+    for start in range(0, len(queries), chunk):
+        sim = queries[start:start + chunk] @ gallery.T  # (C, N)
+        for out, rel in zip(ranks, relevant):
+            best = torch.stack([sim[i, torch.as_tensor(rel[start + i])].max() for i in range(len(sim))])
+            out[start:start + chunk] = ((sim > best[:, None]).sum(1) + 1).numpy()
     return ranks
 
 
@@ -66,12 +70,12 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_o
                       records) -> dict[str, dict[str, float]]:
     """image_emb (N, E), text_emb (C, E) unit vectors; caption_owner[c] = index of c's image."""
     images_for_caption, captions_for_image = relevance(records, caption_owner)
-    t2i = first_hit_ranks(text_emb @ image_emb.T, images_for_caption)
-    i2t = first_hit_ranks(image_emb @ text_emb.T, captions_for_image)
+    # Instance-level view beside it: must the exact image be found? Its ceiling says how often a
+    # caption describes more than one image of the gallery, i.e. what scene-level matching forgives.
+    own_image = [np.array([o]) for o in caption_owner]
+    t2i, own = first_hit_ranks(text_emb, image_emb, images_for_caption, own_image)
+    (i2t,) = first_hit_ranks(image_emb, text_emb, captions_for_image)
     out = {"text_to_image": summarize(t2i), "image_to_text": summarize(i2t)}
-    # Instance-level view: must the exact image be found? Its ceiling says how often a caption
-    # describes more than one image of the gallery, i.e. what "scene-level" forgives.
-    own = first_hit_ranks(text_emb @ image_emb.T, [np.array([o]) for o in caption_owner])
     out["text_to_image"]["instance_R@1"] = float((own == 1).mean())
     out["text_to_image"]["instance_R@1_ceiling"] = float(np.mean([1 / len(r) for r in images_for_caption]))
     return out

@@ -57,13 +57,31 @@ class ImageNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class AttentionPool(nn.Module):
+    """CLIP's attention pooling: the mean token, with 2-D position embeddings added to every
+    token, attends over the grid. Its weights are shared across positions, so "a red circle"
+    learnt at one place is recognised at every other; the position embeddings keep where."""
+
+    def __init__(self, width: int, grid: int, heads: int):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, grid * grid + 1, width) * width**-0.5)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1) + self.pos  # (B, 1+T, C)
+        x = self.norm(x)
+        pooled, _ = self.attn(x[:, :1], x, x, need_weights=False)  # (B, 1, C)
+        return pooled.squeeze(1)
+
+
 class ConvEncoder(nn.Module):
     """A plain CNN of conv-BN-ReLU stages. Stages halve the resolution until an 8x8 grid, then keep
     it; channels double per stage up to 4x `width`. A stride-2 first stage costs a sixth of a
     stride-1 one on a CPU (measured), for little loss on 64x64 images.
 
-    The pooled vector flattens the final feature map instead of averaging it, so where an object
-    is (needed for "left of", "above") survives into the embedding.
+    The pooled vector must keep where each object is (for "left of", "above"), so the grid is not
+    averaged: it is attention-pooled with position embeddings, or flattened.
     """
 
     def __init__(self, cfg: ImageTowerConfig):
@@ -76,14 +94,22 @@ class ConvEncoder(nn.Module):
             channels, size = out, (size + stride - 1) // stride
         self.body = nn.Sequential(*layers)
         self.grid = min(size, 8)  # inputs larger than the stages reduce are pooled to 8x8
-        self.pool = nn.AdaptiveAvgPool2d(self.grid) if size != self.grid else nn.Identity()
+        self.resize = nn.AdaptiveAvgPool2d(self.grid) if size != self.grid else nn.Identity()
         self.width = channels
-        self.output_dim = channels * self.grid * self.grid
+        if cfg.pool == "attention":
+            self.pool = AttentionPool(channels, self.grid, cfg.heads)
+            self.output_dim = channels
+        elif cfg.pool == "flatten":
+            self.pool = nn.Flatten(1)
+            self.output_dim = channels * self.grid * self.grid
+        else:
+            raise ValueError(f"unknown pool '{cfg.pool}' (attention or flatten)")
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
-        fmap = self.pool(self.body(x))  # (B, C, g, g)
+        fmap = self.resize(self.body(x))  # (B, C, g, g)
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, g*g, C)
-        return EncoderOutput(tokens=tokens, pooled=fmap.flatten(1))
+        pooled = self.pool(tokens) if isinstance(self.pool, AttentionPool) else self.pool(fmap)
+        return EncoderOutput(tokens=tokens, pooled=pooled)
 
 
 class ViTEncoder(nn.Module):

@@ -36,7 +36,7 @@ class Tokenizer:
         tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False))
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
         from tokenizers import decoders
@@ -150,16 +150,30 @@ class MiniLMText(nn.Module):
         if not self.locked:
             return self._encode(ids)
         keys = [row[row != 0].numpy().tobytes() for row in ids.cpu()]
-        missing = [i for i, k in enumerate(dict.fromkeys(keys)) if k not in self._cache]
-        unique = list(dict.fromkeys(keys))
-        if missing:
+        first_row = {}
+        for row, key in enumerate(keys):
+            if key not in self._cache:
+                first_row.setdefault(key, row)
+        if first_row:
             with torch.no_grad():
-                todo = ids[[keys.index(unique[i]) for i in missing]]
-                pooled = self._encode(todo).pooled.float().cpu()
-            for i, vec in zip(missing, pooled):
-                self._cache[unique[i]] = vec
+                pooled = self._encode(ids[list(first_row.values())]).pooled.float().cpu()
+            self._cache.update(zip(first_row, pooled))
         pooled = torch.stack([self._cache[k] for k in keys]).to(ids.device)  # (B, 384)
         return EncoderOutput(tokens=pooled.unsqueeze(1), pooled=pooled)
+
+    def warm_cache(self, tokenizer: Tokenizer, texts: list[str], batch_size: int = 256, progress: bool = True) -> None:
+        """Embed `texts` into the cache (locked tower only)."""
+        from ..utils import progress_bar
+
+        if not self.locked:
+            return
+        unique = list(dict.fromkeys(texts))
+        device = next(self.bert.parameters()).device
+        with progress_bar(progress) as bar, torch.no_grad():
+            task = bar.add_task("embedding captions (locked text tower)", total=len(unique))
+            for i in range(0, len(unique), batch_size):
+                self.forward(tokenizer(unique[i:i + batch_size]).to(device))
+                bar.advance(task, min(batch_size, len(unique) - i))
 
 
 def build_text_tower(cfg: TextTowerConfig, vocab_size: int) -> nn.Module:

@@ -53,6 +53,7 @@ class TrainConfig:
     eval_split: str = "val"
     eval_images: int = 1000  # gallery size for the per-epoch evaluation (0: skip)
     strict: bool = False  # stop at the first bad record instead of skipping it
+    max_captions: int | None = None  # use at most this many captions per image
     resume: bool = False
     progress: bool = True
     log_every: int = 10  # steps between metric rows
@@ -132,7 +133,15 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
             model.logit_scale.data.fill_(math.log(10))
             model.config.init_logit_bias, model.config.init_logit_scale = -10.0, math.log(10)
     loss_fn = get_loss(cfg.loss)
+    if cfg.max_captions:
+        for r in train_set.records:
+            r.text = r.text[: cfg.max_captions]
     pairs = ImageTextPairs(train_set, model.config.image.image_size, progress=cfg.progress and info.is_main)
+    if hasattr(model.text_tower, "warm_cache"):
+        # A locked tower is a fixed function of the caption: embed every caption once, up front,
+        # so the time budget is spent on what is trained.
+        model.text_tower.warm_cache(model.tokenizer, [t for r in pairs.records for t in r.text],
+                                    progress=cfg.progress and info.is_main)
     val = None
     if cfg.eval_images and cfg.eval_split in data.splits and info.is_main:
         val = data.split(cfg.eval_split)
@@ -142,6 +151,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
 
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)
+    if info.enabled and device.startswith("cuda"):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
     net = DistributedDataParallel(model) if info.enabled else model
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
