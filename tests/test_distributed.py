@@ -16,10 +16,11 @@ CAPTIONS = ["a small red circle left of a big blue square", "a big green star", 
             "a small white square right of a large red cross", "a little green disc"]
 
 
-def _model():
+def _model(loss_name="clip"):
     torch.manual_seed(0)
     # A LayerNorm model: BatchNorm's batch statistics would differ per rank by design.
-    return polymodal.create_model("shapes-vit-tiny", texts=CAPTIONS * 4)
+    bias = {"init_logit_bias": -10.0} if loss_name == "siglip" else {}
+    return polymodal.create_model("shapes-vit-tiny", texts=CAPTIONS * 4, **bias)
 
 
 def _batch():
@@ -27,8 +28,9 @@ def _batch():
     return torch.randint(0, 255, (8, 3, 64, 64), dtype=torch.uint8, generator=g), CAPTIONS
 
 
-def _single(loss_fn):
-    model = _model()
+def _single(loss_name):
+    loss_fn = {"clip": clip_loss, "siglip": siglip_loss}[loss_name]
+    model = _model(loss_name)
     images, captions = _batch()
     out = model(images, model.tokenizer(captions))
     loss = sum(loss_fn(out).values())
@@ -40,14 +42,14 @@ def _worker(rank, world, port, loss_name, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = _model()
+    model = _model(loss_name)
     net = torch.nn.parallel.DistributedDataParallel(model)
     images, captions = _batch()
     mine = slice(rank * 4, rank * 4 + 4)  # the loop's split: each rank takes its slice of the global batch
     out = net(images[mine], model.tokenizer(captions[mine]))
     loss = sum({"clip": clip_loss, "siglip": siglip_loss}[loss_name](out).values())
     loss.backward()
-    queue.put((rank, loss.item(), model.image_proj.weight.grad.clone()))
+    queue.put((rank, loss.item(), model.image_proj.weight.grad.numpy().copy()))  # by value, not shared memory
     dist.destroy_process_group()
 
 
@@ -68,10 +70,10 @@ def test_ddp_matches_single_process(loss_name):
     results = sorted(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(60)
-    single_loss, single_grad = _single(clip_loss if loss_name == "clip" else siglip_loss)
+    single_loss, single_grad = _single(loss_name)
     for _, loss, grad in results:
         assert abs(loss - single_loss) < 1e-5  # every rank computes the global-batch loss
-        assert torch.allclose(grad, single_grad, atol=1e-5)  # DDP's averaged gradient is the global one
+        assert torch.allclose(torch.from_numpy(grad), single_grad, atol=1e-5)  # DDP's averaged gradient is the global one
 
 
 def test_train_command_under_torchrun(shapes_dir, tmp_path):

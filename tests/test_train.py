@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import polymodal
 from polymodal.data import load_records
@@ -67,3 +68,17 @@ def test_siglip_loss_trains(tmp_path, shapes_dir):
     first = [float(r.split(",")[2]) for r in (tmp_path / "m" / "metrics.csv").read_text().splitlines()
              if ",train/sigmoid_loss," in r]
     assert first and first[-1] < first[0]
+
+
+def test_lit_training_with_the_locked_minilm_tower(tmp_path, shapes_dir):
+    cfg = TrainConfig(data=str(shapes_dir), out=str(tmp_path / "lit"), model="shapes-cnn-minilm", epochs=2,
+                      batch_size=100, eval_images=50, max_captions=1, progress=False, log_every=1)
+    train(cfg)
+    model = polymodal.load(tmp_path / "lit")
+    losses = [float(r.split(",")[2]) for r in (tmp_path / "lit" / "metrics.csv").read_text().splitlines()
+              if ",train/loss," in r]
+    assert losses[-1] < losses[0]
+    # The locked tower is still the bundled MiniLM: the same caption gives the same pooled vector.
+    fresh = polymodal.create_model("shapes-cnn-minilm")
+    ids = model.tokenizer(["a small red circle"])
+    assert torch.allclose(model.text_tower(ids).pooled, fresh.text_tower(ids).pooled, atol=1e-5)

@@ -122,7 +122,7 @@ def train_cmd(
     loss: str = typer.Option("clip", help="clip (symmetric InfoNCE) or siglip (sigmoid)."),
     epochs: int = typer.Option(10, min=1),
     time_budget: Optional[str] = typer.Option(None, help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
-    batch_size: int = typer.Option(256, min=2, help="Global batch size."),
+    batch_size: int = typer.Option(128, min=2, help="Global batch size (split across DDP ranks)."),
     accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
     lr: float = typer.Option(2e-3),
     weight_decay: float = typer.Option(0.1),

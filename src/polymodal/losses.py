@@ -12,13 +12,30 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each rank the gradient of its own slice, summed over the
+    ranks (every rank computes the same global loss). Written here because torch's own
+    differentiable all_gather is deprecated; all_reduce + slice works on gloo and nccl alike."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), len(x)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
 def gather_features(x: torch.Tensor) -> torch.Tensor:
-    """(B_local, D) -> (B_global, D), rank order, differentiable."""
+    """(B_local, D) -> (B_global, D), in rank order, differentiable."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def _global(out: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

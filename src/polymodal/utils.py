@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 
 
-def progress_bar(enabled: bool = True, transient: bool = False):
-    """A rich progress bar with count, rate and ETA (disabled: a no-op with the same API)."""
+def progress_bar(enabled: bool = True, transient: bool = False, count: bool = True):
+    """A rich progress bar with rate-bearing description, percentage, elapsed time and ETA
+    (disabled: a no-op with the same API)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        disable=not enabled, transient=transient,
-    )
+    columns = [TextColumn("[bold]{task.description}"), BarColumn()]
+    columns += [MofNCompleteColumn()] if count else []
+    columns += [TaskProgressColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, disable=not enabled, transient=transient)
 
 
 def seed_everything(seed: int) -> None:

@@ -29,19 +29,28 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, context_length: int) -> "Tokenizer":
-        """A WordPiece vocabulary learned from the training captions."""
+        """A WordPiece tokenizer whose vocabulary is the most frequent words of `texts` plus every
+        character seen (alone and as a '##' continuation), so an unseen word still splits into
+        known pieces. Built directly rather than with the `tokenizers` trainer, which breaks
+        ties in hash order and so gives different ids in different processes (DDP ranks)."""
+        from collections import Counter
+
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-        tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False))
+        normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+        words: Counter[str] = Counter()
+        for text in texts:
+            words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+        chars = sorted({c for w in words for c in w})
+        pieces = chars + ["##" + c for c in chars]
+        budget = max(0, vocab_size - len(SPECIALS) - len(pieces))
+        frequent = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:budget]
+        vocab = {p: i for i, p in enumerate(SPECIALS + pieces + sorted(frequent))}
+        tok = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")])
-        from tokenizers import decoders
-
-        tok.decoder = decoders.WordPiece()
+            single="[CLS] $A [SEP]", special_tokens=[(s, vocab[s]) for s in ("[CLS]", "[SEP]")])
         return cls(tok, context_length)
 
     @classmethod
