@@ -69,7 +69,7 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: 
     out = Path(out)
     data_dir, model_dir = out / "data", out / "model"
     t0 = time.perf_counter()
-    cfg = shapes.ShapesConfig(n_train=n_train, n_val=1000, n_test=n_test, n_unseen=min(2000, n_test), seed=seed)
+    cfg = shapes.ShapesConfig(n_train=n_train, n_val=min(1000, n_test), n_test=n_test, n_unseen=min(2000, n_test), seed=seed)
     meta = data_dir / "dataset.json"
     if meta.exists() and json.loads(meta.read_text()).get("n_train") == n_train and \
             json.loads(meta.read_text()).get("n_test") == n_test:

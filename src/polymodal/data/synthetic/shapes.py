@@ -261,13 +261,15 @@ def counterfactual(attributes: dict, kind: str, rng: random.Random) -> tuple[lis
     return objects, facts
 
 
-NEGATIVE_KINDS = ("swap_colours", "swap_relation", "replace_colour", "replace_shape", "replace_size")
+# Swaps weigh double: they are the negatives that only word order can tell apart.
+NEGATIVE_WEIGHTS = {"swap_colours": 2.0, "swap_relation": 2.0, "replace_colour": 1.0, "replace_shape": 1.0,
+                    "replace_size": 1.0}
 
 
 def hard_negative(attributes: dict, rng: random.Random) -> str | None:
     """A caption that contradicts the scene in one fact (NegCLIP-style hard negative)."""
-    kinds = list(NEGATIVE_KINDS)
-    rng.shuffle(kinds)
+    # A weighted random order (Efraimidis-Spirakis keys); the first kind that applies is used.
+    kinds = sorted(NEGATIVE_WEIGHTS, key=lambda k: rng.random() ** (1 / NEGATIVE_WEIGHTS[k]), reverse=True)
     for kind in kinds:
         changed = counterfactual(attributes, kind, rng)
         if changed is not None:
