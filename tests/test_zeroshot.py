@@ -1,7 +1,6 @@
-import numpy as np
 import torch
 
-from polymodal.evaluate.zeroshot import class_embeddings, shapes_attribute_prompts, zero_shot_accuracy
+from polymodal.evaluate.zeroshot import class_embeddings, shapes_object_prompts, zero_shot_accuracy
 
 CLASSES = ["red", "green", "blue"]
 
@@ -31,9 +30,23 @@ def test_zero_shot_accuracy_by_hand():
     assert res["per_class"] == {"red": 0.5, "green": 1.0, "blue": 1.0}
 
 
-def test_shapes_prompts_cover_the_other_attributes():
-    prompts = shapes_attribute_prompts("colour", "red")
-    assert len(prompts) == 2 * 6  # sizes x shapes
-    assert all("red" in p for p in prompts)
-    assert len({p.split()[-1] for p in prompts}) >= 6
-    assert np.mean(["small" in p or "little" in p for p in prompts]) == 0.5
+def test_shapes_object_prompts_cover_every_description():
+    objects, prompts = shapes_object_prompts()
+    assert len(objects) == 2 * 8 * 6
+    for obj, texts in zip(objects, prompts):
+        assert all(obj["colour"] in t or (obj["colour"] == "purple" and "violet" in t) for t in texts)
+
+
+def test_probes_put_a_bag_of_words_at_chance(shapes_dir):
+    """An order-blind text encoder scores each probe pair the same: 50 %, never below. (Two-object
+    scenes: with three, "the yellow triangle" repeats a colour word, so the bags differ in counts.)"""
+    import polymodal
+    from polymodal.data import load_records
+    from polymodal.evaluate.probes import run_probes
+
+    records = [r for r in load_records(shapes_dir).split("test").records if len(r.attributes["objects"]) == 2]
+    model = polymodal.create_model("shapes-cnn-bow", texts=[t for r in records for t in r.text])
+    image_emb = torch.nn.functional.normalize(torch.randn(len(records), model.config.embed_dim), dim=-1)
+    res = run_probes(model, image_emb, records)
+    assert res["attribute_binding"]["accuracy"] == 0.5 and res["relation_order"]["accuracy"] == 0.5
+    assert res["relation_order"]["n"] > 30

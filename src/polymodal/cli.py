@@ -161,24 +161,10 @@ def print_results(results: dict) -> None:
         table.add_row(split, str(r["n_images"]), *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
                       *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
     console.print(table)
-    for split, r in results.items():
-        if not isinstance(r, dict):
-            continue
-        if "instance_R@1_ceiling" in r.get("text_to_image", {}):
-            t = r["text_to_image"]
-            console.print(f"{split}: exact-image R@1 {t['instance_R@1']:.3f} (ceiling {t['instance_R@1_ceiling']:.3f})")
-        zs = r.get("zero_shot")
-        if zs:
-            parts = {k: v for k, v in zs.items() if isinstance(v, float)}
-            console.print(f"{split} zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
-        for name, p in r.get("probes", {}).items():
-            console.print(f"{split} probe {name}: {p['accuracy']:.3f} (n={p['n']})")
-        if "rephrased_R@1_drop" in r:
-            console.print(f"{split} held-out rephrasing: R@1 drop {r['rephrased_R@1_drop']:.3f}")
-    if "unseen_gap" in results:
-        g = results["unseen_gap"]
-        console.print(f"unseen combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
-                      f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
+    from .evaluate.run import summary_lines
+
+    for line in summary_lines(results):
+        console.print(line, highlight=False)
 
 
 @app.command("eval")

@@ -39,6 +39,7 @@ class TextTowerConfig:
     layers: int = 2
     heads: int = 4
     locked: bool = False  # freeze the tower, train only the projection (LiT)
+    pool: str = "mean"  # transformer only: "mean" of all tokens (learns faster, measured) or "cls"
 
 
 @dataclass

@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from jinja2 import Template  # noqa: E402
 
+from .run import summary_lines  # noqa: E402
+
 TEMPLATE = Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
@@ -35,7 +37,7 @@ TEMPLATE = Template("""<!doctype html>
 <p class="note">{{ subtitle }}</p>
 <h2>Metrics</h2>
 {{ metrics_table }}
-{% if extra_lines %}<ul>{% for line in extra_lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+{% if extra_lines %}<ul>{% for line in extra_lines %}<li>{{ line|e }}</li>{% endfor %}</ul>{% endif %}
 {% if queries %}<h2>Text &rarr; image search</h2>
 <p class="note">Top results from the test gallery; green: the image makes every fact of the query true.</p>
 {% for q in queries %}<div class="query"><h3>&ldquo;{{ q.text }}&rdquo;{% if q.unseen %} <em>(unseen combination)</em>{% endif %}</h3>
@@ -66,26 +68,6 @@ def metrics_table(results: dict) -> str:
                  *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(rows) + "</table>"
-
-
-def summary_lines(results: dict) -> list[str]:
-    lines = []
-    for split, r in results.items():
-        if not isinstance(r, dict):
-            continue
-        zs = r.get("zero_shot") or {}
-        if zs:
-            lines.append(f"{split} zero-shot accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in zs.items() if isinstance(v, float)))
-        for name, p in r.get("probes", {}).items():
-            lines.append(f"{split} ARO-style probe, {name.replace('_', ' ')}: {p['accuracy']:.3f} "
-                         f"(n={p['n']}; e.g. &ldquo;{p['example'][0]}&rdquo; vs &ldquo;{p['example'][1]}&rdquo;)")
-        if "rephrased_R@1_drop" in r:
-            lines.append(f"{split} captions rephrased with held-out wording: t&rarr;i R@1 drop {r['rephrased_R@1_drop']:.3f}")
-    if "unseen_gap" in results:
-        g = results["unseen_gap"]
-        lines.append(f"unseen colour-shape combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
-                     f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
-    return lines
 
 
 def loss_curve(metrics_csv: Path):

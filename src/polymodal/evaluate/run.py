@@ -72,3 +72,31 @@ def evaluate(model, data: RecordSet, splits: list[str] | None = None, max_images
                                  "unseen_R@1": results["test_unseen"]["text_to_image"]["R@1"]}
         results["unseen_gap"]["gap"] = results["unseen_gap"]["seen_R@1"] - results["unseen_gap"]["unseen_R@1"]
     return results
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The metrics that do not fit the retrieval table, one sentence each (CLI and report)."""
+    lines = []
+    for split, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        t = r.get("text_to_image", {})
+        if "instance_R@1_ceiling" in t:
+            lines.append(f"{split}: exact-image R@1 {t['instance_R@1']:.3f} (ceiling {t['instance_R@1_ceiling']:.3f})")
+        zs = r.get("zero_shot") or {}
+        if zs:
+            lines.append(f"{split} zero-shot accuracy: "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in zs.items() if isinstance(v, float)))
+            if "mean_ensemble" in zs:
+                lines.append(f"{split} zero-shot, mean-embedding ensemble: "
+                             + ", ".join(f"{k} {v:.3f}" for k, v in zs["mean_ensemble"].items()))
+        for name, p in r.get("probes", {}).items():
+            lines.append(f"{split} ARO-style probe, {name.replace('_', ' ')}: {p['accuracy']:.3f} "
+                         f"(n={p['n']}; e.g. \"{p['example'][0]}\" vs \"{p['example'][1]}\")")
+        if "rephrased_R@1_drop" in r:
+            lines.append(f"{split} captions in held-out wording: text-to-image R@1 drop {r['rephrased_R@1_drop']:.3f}")
+    if "unseen_gap" in results:
+        g = results["unseen_gap"]
+        lines.append(f"unseen colour-shape combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
+                     f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
+    return lines

@@ -40,28 +40,43 @@ def zero_shot_accuracy(model, image_emb: torch.Tensor, labels: list[str], class_
     return {"accuracy": float((pred == truth).mean()), "n": len(labels), "per_class": per_class}
 
 
-def shapes_attribute_prompts(attribute: str, value: str) -> list[str]:
-    """Prompts for one attribute value, ensembled over every value of the other attributes (a
-    'red' class embedding averages "a small red circle", "a big red star", ...)."""
-    values = {"colour": list(shapes.COLOURS), "shape": list(shapes.SHAPES), "size": list(shapes.SIZES)}
-    values[attribute] = [value]
-    prompts = []
-    for size, colour, shape in itertools.product(values["size"], values["colour"], values["shape"]):
+ATTRIBUTE_VALUES = {"colour": list(shapes.COLOURS), "shape": list(shapes.SHAPES), "size": list(shapes.SIZES)}
+
+
+def shapes_object_prompts() -> tuple[list[dict], list[list[str]]]:
+    """Every single-object description (size x colour x shape), each in every 1-object template."""
+    objects, prompts = [], []
+    for size, colour, shape in itertools.product(ATTRIBUTE_VALUES["size"], ATTRIBUTE_VALUES["colour"],
+                                                 ATTRIBUTE_VALUES["shape"]):
         obj = {"size": size, "colour": colour, "shape": shape, "x": 0, "y": 0}
-        prompts.append(shapes.describe([obj], [], random.Random(f"{size}{colour}{shape}")))
-    return prompts
+        objects.append(obj)
+        rng = random.Random(f"{size}{colour}{shape}")
+        prompts.append([shapes.describe([obj], [], rng) for _ in range(len(shapes.TRAIN_TEMPLATES[1]) * 2)])
+    return objects, prompts
 
 
 def shapes_zero_shot(model, image_emb: torch.Tensor, records) -> dict:
-    """Colour, shape and size accuracy on the single-object images among `records`."""
+    """Colour, shape and size accuracy on the single-object images among `records`.
+
+    Two ways to turn the 96 object descriptions into a classifier for one attribute:
+    - "max" (reported as colour/shape/size): the attribute of the best-matching description;
+    - "mean_ensemble": CLIP's recipe, one class embedding per value averaged over the other
+      attributes ("red" = mean of "a small red circle", "a big red star", ...).
+    """
     single = [i for i, r in enumerate(records) if len(r.attributes["objects"]) == 1]
     if not single:
         return {}
-    out = {}
-    for attribute, names in (("colour", list(shapes.COLOURS)), ("shape", list(shapes.SHAPES)), ("size", list(shapes.SIZES))):
-        emb = class_embeddings(model, [shapes_attribute_prompts(attribute, v) for v in names])
-        pred = classify(image_emb[single], emb)
+    objects, prompts = shapes_object_prompts()
+    combo_emb = class_embeddings(model, prompts)  # (96, E)
+    scores = image_emb[single] @ combo_emb.T  # (S, 96)
+    best = scores.argmax(1).numpy()
+    out, mean = {}, {}
+    for attribute, names in ATTRIBUTE_VALUES.items():
         truth = np.array([names.index(records[i].attributes["objects"][0][attribute]) for i in single])
-        out[attribute] = float((pred == truth).mean())
+        value_of = np.array([names.index(o[attribute]) for o in objects])  # (96,)
+        out[attribute] = float((value_of[best] == truth).mean())
+        class_emb = torch.stack([F.normalize(combo_emb[value_of == k].mean(0), dim=-1) for k in range(len(names))])
+        mean[attribute] = float((classify(image_emb[single], class_emb) == truth).mean())
+    out["mean_ensemble"] = mean
     out["n"] = len(single)
     return out

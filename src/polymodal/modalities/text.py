@@ -79,7 +79,9 @@ class Tokenizer:
 
 
 class TextTransformer(nn.Module):
-    """A small bidirectional transformer over word pieces; the [CLS] position is the pooled vector."""
+    """A small bidirectional transformer over word pieces, pooled at [CLS] or by the mean of its
+    tokens (whose residual stream carries each word straight through, so it learns as fast as a
+    bag of words while attention adds word order)."""
 
     def __init__(self, cfg: TextTowerConfig, vocab_size: int):
         super().__init__()
@@ -89,13 +91,19 @@ class TextTransformer(nn.Module):
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
+        if cfg.pool not in ("cls", "mean"):
+            raise ValueError(f"unknown text pool '{cfg.pool}' (cls or mean)")
+        self.pool = cfg.pool
         self.output_dim = cfg.width
 
     def forward(self, ids: torch.Tensor) -> EncoderOutput:
         pad = ids == 0  # (B, L)
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]  # (B, L, D)
         x = self.norm(self.blocks(x, src_key_padding_mask=pad))
-        return EncoderOutput(tokens=x, pooled=x[:, 0])
+        if self.pool == "cls":
+            return EncoderOutput(tokens=x, pooled=x[:, 0])
+        keep = (~pad).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        return EncoderOutput(tokens=x, pooled=(x * keep).sum(1) / keep.sum(1))
 
 
 class BagOfWords(nn.Module):
@@ -135,7 +143,7 @@ class MiniLMText(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        self.bert = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+        self.bert = BertModel.from_pretrained(str(minilm_path()))  # its pooler is unused but keeps loading quiet
         self.locked = cfg.locked
         if self.locked:
             self.bert.requires_grad_(False)

@@ -197,15 +197,18 @@ def render(objs: list[Obj], image_size: int = 64) -> Image.Image:
 # Captions
 
 
-def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout: bool = False) -> str:
-    """One caption stating every object and every fact, with random wording."""
+def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout: bool = False,
+             canonical: bool = False) -> str:
+    """One caption stating every object and every fact, with random wording (`canonical`: the
+    first synonym of every word, so that two scenes' captions differ only where the scenes do)."""
     words = HELDOUT_WORDS if heldout else TRAIN_WORDS
 
     def word(w: str) -> str:
         # Exactly one draw per word, whatever the number of synonyms: two captions built from
         # the same seed then share their wording even when they name different colours.
         options = words.get(w) or TRAIN_WORDS.get(w) or [w]
-        return options[int(rng.random() * len(options))]
+        draw = rng.random()
+        return options[0] if canonical else options[int(draw * len(options))]
 
     mentioned: set[int] = set()
 
