@@ -82,14 +82,14 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: 
     console.rule("3. evaluate")
     trained = load_checkpoint(model_dir)
     data = load_records(data_dir)
-    results = evaluate(trained, data)
+    embeddings: dict = {}
+    results = evaluate(trained, data, embeddings=embeddings)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     from .cli import print_results
 
     print_results(results)
     console.rule("4. report")
-    test = ImageTextPairs(data.split("test"), trained.config.image.image_size, progress=False)
-    image_emb = trained.encode_image(test.images)
+    test, image_emb = embeddings["test"].pairs, embeddings["test"].image_emb
     figures = [{"title": "Similarity of test images and captions", "png": png_b64(heatmap_figure(trained, test))},
                {"title": "Training", "png": png_b64(loss_curve(model_dir / "metrics.csv"))}]
     subtitle = (f"model {model}, {n_train:,} training images, training budget {time_budget or 0:.0f} s; "

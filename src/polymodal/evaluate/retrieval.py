@@ -21,12 +21,23 @@ def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, *relevant: lis
     gallery. Returns one (Q,) array of 1-based ranks per list. Scores are computed a chunk of
     queries at a time, so memory stays at chunk x N whatever Q is."""
     ranks = [np.empty(len(queries), dtype=np.int64) for _ in relevant]
+    padded = [_pad(rel) for rel in relevant]  # (Q, K) index matrices, -1 where a list is shorter
     for start in range(0, len(queries), chunk):
         sim = queries[start:start + chunk] @ gallery.T  # (C, N)
-        for out, rel in zip(ranks, relevant):
-            best = torch.stack([sim[i, torch.as_tensor(rel[start + i])].max() for i in range(len(sim))])
+        for out, idx in zip(ranks, padded):
+            block = idx[start:start + chunk]  # (C, K)
+            hits = sim.gather(1, block.clamp(min=0)).masked_fill(block < 0, -torch.inf)  # (C, K)
+            best = hits.max(1).values  # (C,) score of the best-ranked relevant item
             out[start:start + chunk] = ((sim > best[:, None]).sum(1) + 1).numpy()
     return ranks
+
+
+def _pad(lists: list[np.ndarray]) -> torch.Tensor:
+    width = max(len(x) for x in lists)
+    out = torch.full((len(lists), width), -1, dtype=torch.long)
+    for i, x in enumerate(lists):
+        out[i, : len(x)] = torch.as_tensor(x)
+    return out
 
 
 def summarize(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:

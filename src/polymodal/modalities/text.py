@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,10 +73,10 @@ class Tokenizer:
             texts = [texts]
         encoded = self.tok.encode_batch(list(texts))
         length = max(len(e.ids) for e in encoded)
-        ids = torch.zeros(len(encoded), length, dtype=torch.long)
+        ids = np.zeros((len(encoded), length), dtype=np.int64)
         for row, e in enumerate(encoded):
-            ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        return ids
+            ids[row, : len(e.ids)] = e.ids
+        return torch.from_numpy(ids)
 
 
 class TextTransformer(nn.Module):

@@ -102,11 +102,17 @@ class AlignedModel(nn.Module):
             if not t.strip():
                 raise ValueError("empty text: every caption needs at least one word")
         self.eval()
-        chunks = []
+        if isinstance(texts, torch.Tensor):
+            return torch.cat([self.text_features(texts[i:i + batch_size].to(self.device)).float()
+                              for i in range(0, len(texts), batch_size)])
+        # Batches of similar length waste little on padding; the order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.config.embed_dim)
         for i in range(0, len(texts), batch_size):
-            ids = texts[i:i + batch_size] if isinstance(texts, torch.Tensor) else self.tokenizer(texts[i:i + batch_size])
-            chunks.append(self.text_features(ids.to(self.device)).float())
-        return torch.cat(chunks)
+            rows = order[i:i + batch_size]
+            ids = self.tokenizer([texts[r] for r in rows]).to(self.device)
+            out[rows] = self.text_features(ids).float().cpu()
+        return out
 
     @torch.inference_mode()
     def similarity(self, images: ImageInput, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:

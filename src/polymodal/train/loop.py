@@ -202,6 +202,7 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
                     done = True
                     break
             epoch += 1
+            paused = time.perf_counter()  # evaluation and saving do not count against the budget
             if info.is_main:
                 metrics = _evaluate_epoch(model, val) if val is not None else {}
                 log.log(step, {**metrics, "epoch": epoch})
@@ -209,6 +210,7 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
                     bar.console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 _save(model, optimizer, out, cfg, step, epoch, elapsed)
             barrier(info)
+            start_time += time.perf_counter() - paused
     log.close()
     return out
 
