@@ -78,7 +78,8 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: 
         console.rule("1. generate ShapesWorld")
         shapes.generate(data_dir, cfg)
     console.rule("2. train")
-    train(TrainConfig(data=str(data_dir), out=str(model_dir), model=model, epochs=100, time_budget=time_budget, seed=seed))
+    train(TrainConfig(data=str(data_dir), out=str(model_dir), model=model, epochs=100, time_budget=time_budget,
+                      seed=seed, eval_images=500))
     console.rule("3. evaluate")
     trained = load_checkpoint(model_dir)
     data = load_records(data_dir)
