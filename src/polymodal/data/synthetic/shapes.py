@@ -19,7 +19,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from ..schema import Record, write_manifest
@@ -89,10 +88,6 @@ class Obj:
     size: str
     x: float
     y: float
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.size, self.colour, self.shape)
 
 
 def relation(a: dict | Obj, b: dict | Obj) -> str:
@@ -378,7 +373,3 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
 
 def is_shapes_record(attributes: dict) -> bool:
     return isinstance(attributes, dict) and "objects" in attributes and "relations" in attributes
-
-
-def to_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.uint8)
