@@ -150,23 +150,6 @@ def train_cmd(
     console.print(f"checkpoint: {path}")
 
 
-def print_results(results: dict) -> None:
-    table = Table(title="evaluation")
-    for col in ("split", "images", "t2i R@1", "R@5", "R@10", "medR", "i2t R@1", "R@5", "R@10", "medR"):
-        table.add_column(col, justify="right")
-    for split, r in results.items():
-        if not isinstance(r, dict) or "text_to_image" not in r:
-            continue
-        t, i = r["text_to_image"], r["image_to_text"]
-        table.add_row(split, str(r["n_images"]), *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
-                      *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
-    console.print(table)
-    from .evaluate.run import summary_lines
-
-    for line in summary_lines(results):
-        console.print(line, highlight=False)
-
-
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
@@ -181,6 +164,7 @@ def eval_cmd(
     from . import load
     from .data import load_records
     from .evaluate import evaluate
+    from .evaluate.run import print_results
 
     model = load(checkpoint)
     dataset = load_records(data, strict=strict)

@@ -15,6 +15,7 @@ from .data.formats import load_records
 from .data.pairs import ImageTextPairs
 from .data.synthetic import shapes
 from .evaluate import evaluate
+from .evaluate.run import print_results
 from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
 from .train.checkpoint import load_checkpoint
 from .train.loop import TrainConfig, train
@@ -70,9 +71,9 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: 
     data_dir, model_dir = out / "data", out / "model"
     t0 = time.perf_counter()
     cfg = shapes.ShapesConfig(n_train=n_train, n_val=min(1000, n_test), n_test=n_test, n_unseen=min(2000, n_test), seed=seed)
-    meta = data_dir / "dataset.json"
-    if meta.exists() and json.loads(meta.read_text()).get("n_train") == n_train and \
-            json.loads(meta.read_text()).get("n_test") == n_test:
+    meta_path = data_dir / "dataset.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if (meta.get("n_train"), meta.get("n_test"), meta.get("seed")) == (n_train, n_test, seed):
         console.print(f"reusing {data_dir}")
     else:
         console.rule("1. generate ShapesWorld")
@@ -86,8 +87,6 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, time_budget: 
     embeddings: dict = {}
     results = evaluate(trained, data, embeddings=embeddings)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
-    from .cli import print_results
-
     print_results(results)
     console.rule("4. report")
     test, image_emb = embeddings["test"].pairs, embeddings["test"].image_emb

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -64,25 +64,24 @@ class ImageTextPairs:
         return len(self.records)
 
     def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                hard_negatives: Callable[[], bool] | bool = False, drop_last: bool = True) -> Iterator[Batch]:
+                hard_negatives: bool = False, drop_last: bool = True) -> Iterator[Batch]:
         """One shuffled epoch. `batch_size` is the global batch; each rank gets its slice of it,
-        so N processes see exactly the batches one process would. `hard_negatives` may be a
-        callable asked before each batch (a curriculum that switches them on mid-training)."""
+        so N processes see exactly the batches one process would."""
         rng = random.Random(f"{seed}/{epoch}")
         order = list(range(len(self)))
         rng.shuffle(order)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size][rank::world_size]
-            captions = [rng.choice(self.records[i].text) for i in order[start:start + batch_size]][rank::world_size]
+            window = order[start:start + batch_size]  # the global batch; every rank draws for all of it
+            captions = [rng.choice(self.records[i].text) for i in window][rank::world_size]
             negatives = None
-            if self.is_shapes and (hard_negatives() if callable(hard_negatives) else hard_negatives):
+            if self.is_shapes and hard_negatives:
                 # One per image, so every rank gathers the same count; the rare scene with no
                 # valid counterfactual falls back to another image's caption.
                 negatives = [shapes.hard_negative(self.records[i].attributes, rng)
                              or rng.choice(self.records[rng.randrange(len(self))].text)
-                             for i in order[start:start + batch_size]][rank::world_size]
-            yield Batch(self.images[idx], captions, negatives)
+                             for i in window][rank::world_size]
+            yield Batch(self.images[window[rank::world_size]], captions, negatives)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size

@@ -129,12 +129,11 @@ def validate(records: Iterable[Record], root: Path, skips: SkipLog, need_text: b
 
 def write_manifest(path: Path, records: Iterable[Record]) -> int:
     """Write `manifest.jsonl` atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from ..utils import atomic_path
+
     n = 0
-    with tmp.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w") as f:
         for rec in records:
             f.write(json.dumps(rec.to_json()) + "\n")
             n += 1
-    tmp.replace(path)
     return n

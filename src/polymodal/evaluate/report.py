@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from jinja2 import Template  # noqa: E402
 
+from ..utils import atomic_path  # noqa: E402
 from .run import summary_lines  # noqa: E402
 
 TEMPLATE = Template("""<!doctype html>
@@ -114,7 +115,6 @@ def similarity_heatmap(sims: torch.Tensor, captions: list[str], thumbs: list):
 def write_report(path: Path, title: str, subtitle: str, results: dict, queries: list[dict], figures: list[dict]) -> Path:
     page = TEMPLATE.render(title=title, subtitle=subtitle, metrics_table=metrics_table(results),
                            extra_lines=summary_lines(results), queries=queries, figures=figures)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
     return path

@@ -126,3 +126,23 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(f"unseen colour-shape combinations (gallery {g['gallery']}): seen R@1 {g['seen_R@1']:.3f}, "
                      f"unseen {g['unseen_R@1']:.3f}, gap {g['gap']:.3f}")
     return lines
+
+
+def print_results(results: dict) -> None:
+    """The retrieval table, then one line per other metric, on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="evaluation")
+    for col in ("split", "images", "t2i R@1", "R@5", "R@10", "medR", "i2t R@1", "R@5", "R@10", "medR"):
+        table.add_column(col, justify="right")
+    for split, r in results.items():
+        if not isinstance(r, dict) or "text_to_image" not in r:
+            continue
+        t, i = r["text_to_image"], r["image_to_text"]
+        table.add_row(split, str(r["n_images"]), *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
+                      *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
+    console.print(table)
+    for line in summary_lines(results):
+        console.print(line, highlight=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware is fast at it
     hard_negatives: bool = True  # NegCLIP-style counterfactual captions (ShapesWorld data)
-    hard_negatives_from: float = 0.0  # start them at this fraction of training (they double text compute)
     seed: int = 0
     device: str = "auto"
     eval_split: str = "val"
@@ -183,9 +181,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
         while not done and epoch < cfg.epochs:
             model.train()
             seen, t_epoch = 0, time.perf_counter()
-            batches = pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
-                                    hard_negatives=lambda: cfg.hard_negatives and progress_now() >= cfg.hard_negatives_from)
-            for batch in batches:
+            for batch in pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
+                                       hard_negatives=cfg.hard_negatives):
                 set_lr(optimizer, lr_at(progress_now(), cfg.lr, cfg.warmup))
                 losses = _step(net, model, batch, loss_fn, optimizer, cfg, device, micro // info.world_size)
                 step += 1
@@ -273,4 +270,3 @@ def _save(model, optimizer, out: Path, cfg: TrainConfig, step: int, epoch: int, 
     save_checkpoint(model, out, extra={"training": train_meta, "step": step, "epoch": epoch})
     with atomic_path(out / STATE_FILE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed": elapsed}, tmp)
-    (out / "train_config.json").write_text(json.dumps(train_meta, indent=2))
