@@ -46,6 +46,8 @@ class AlignedModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         bias = config.init_logit_bias
         self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
+        # What made this model (set by the loader); indexes record it to refuse a different model.
+        self.model_id = "untrained"
 
     # -- tensors in, features out ---------------------------------------------------------------
 
@@ -76,6 +78,10 @@ class AlignedModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.logit_scale.device
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """PIL images or paths -> (B, 3, S, S) uint8, resized and centre-cropped."""

@@ -67,4 +67,5 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> AlignedModel:
         raise DataError(f"{directory}: weights do not match config.json "
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     model.load_state_dict(state, strict=False)
+    model.model_id = f"polymodal:{directory.resolve()}"
     return model.to(device).eval()
