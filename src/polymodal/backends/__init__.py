@@ -1,0 +1,134 @@
+"""Pretrained backends behind the common encoder interface, and the resolver `polymodal.load` uses.
+
+Sources (see `load_model`):
+    hf:<repo id>                         Hugging Face CLIP / SigLIP, from the cache or the hub
+    open_clip:<arch>/<tag>               open_clip with a pretrained tag
+    open_clip:<arch>@<file>              open_clip architecture + a local checkpoint file
+    open_clip:hf-hub:<org>/<repo>        open_clip model on the hub
+    <dir>                                a Hugging Face model directory (model_type clip/siglip),
+                                         an open_clip directory (open_clip_config.json), an ONNX
+                                         export, a polymodal fine-tune (full or LoRA adapters), or
+                                         a polymodal checkpoint
+Every library import stays inside the functions, so `import polymodal` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..data.schema import DataError
+from .base import BACKEND_FILE, PretrainedModel
+
+PREFIXES = ("hf:", "open_clip:")
+
+
+def is_pretrained_source(name: str) -> bool:
+    """Whether `--model NAME` names something to load rather than an architecture preset."""
+    return str(name).startswith(PREFIXES) or Path(name).is_dir()
+
+
+def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool = False):
+    """Whatever `source` names (see the module doc), with the common interface, in eval mode."""
+    s = str(source)
+    if s.startswith("hf:"):
+        from .hf import load_hf
+
+        return load_hf(s[3:]).to(device)
+    if s.startswith("open_clip:"):
+        from .open_clip import load_open_clip
+
+        return load_open_clip(s[len("open_clip:"):]).to(device)
+    path = Path(s)
+    if not path.exists():
+        raise DataError(f"{s}: no such model directory (or use hf:<repo id>, open_clip:<arch>/<tag>, "
+                        f"open_clip:<arch>@<checkpoint file>)")
+    if path.is_file():
+        raise DataError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
+    marker = _read_marker(path)
+    if marker and marker.get("lora"):
+        model = load_model(marker["base"])
+        model._load_adapter(path / "adapter", trainable=trainable_adapters)
+        model.model_id = f"{model.model_id}+lora:{path.resolve()}"
+        return model.to(device)
+    from .onnx import ONNX_FILE, load_onnx
+    from .open_clip import is_open_clip_dir, load_open_clip
+    from .hf import is_hf_dir, load_hf
+
+    if (path / ONNX_FILE).is_file():
+        return load_onnx(path)
+    if is_open_clip_dir(path):
+        return load_open_clip(f"local-dir:{path.resolve()}", model_id=f"open_clip:{path.resolve()}").to(device)
+    if is_hf_dir(path):
+        return load_hf(str(path)).to(device)
+    from ..train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device)
+
+
+def load_trainable(source: str, lora: int = 0, lock_image: bool = False, lock_text: bool = False,
+                   device: str = "cpu"):
+    """A model to fine-tune: full, with a tower locked (LiT), or with fresh LoRA adapters of rank
+    `lora` (a LoRA fine-tune named as `source` continues with its own adapters)."""
+    model = load_model(source, device, trainable_adapters=True)
+    if not isinstance(model, PretrainedModel):
+        if lora:
+            raise ValueError(f"{source}: LoRA is for pretrained models (hf:, open_clip: or their directories)")
+        if not hasattr(model, "image_tower"):
+            raise ValueError(f"{source}: an exported ONNX model cannot be trained; fine-tune the model it came from")
+        for name, module in model.named_children():
+            if (lock_image and name.startswith("image")) or (lock_text and name.startswith("text")):
+                module.requires_grad_(False)
+        return model
+    if lora and model.lora is None:
+        model.add_lora(rank=lora, alpha=2.0 * lora)
+    if lock_image or lock_text:
+        model.lock(lock_image, lock_text)
+    return model
+
+
+def save_model(model, directory: str | Path, extra: dict | None = None) -> Path:
+    """Save any trainable model in its own format; files appear whole or not at all."""
+    directory = Path(directory)
+    if not isinstance(model, PretrainedModel):
+        from ..train.checkpoint import save_checkpoint
+
+        return save_checkpoint(model, directory, extra)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        model.save(staging, extra or {})
+        for item in staging.iterdir():  # each file renamed into place once all are written
+            target = directory / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def merge_lora(source: str | Path, out: str | Path) -> Path:
+    """Load a LoRA fine-tune, fold its adapters into the base weights and save the full model."""
+    model = load_model(source)
+    if not isinstance(model, PretrainedModel) or model.lora is None:
+        raise ValueError(f"{source}: not a LoRA fine-tune (no {BACKEND_FILE} with adapters)")
+    model.merge_lora()
+    return save_model(model, out, {"merged_from": str(Path(source).resolve())})
+
+
+def _read_marker(path: Path) -> dict | None:
+    file = path / BACKEND_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise DataError(f"{file}: not valid JSON ({err})") from None
+
+
+__all__ = ["PretrainedModel", "is_pretrained_source", "load_model", "load_trainable", "merge_lora", "save_model"]

@@ -1,0 +1,206 @@
+"""What every pretrained backend shares: the checkpoint's image preprocessing (`ImageSpec`) and
+`PretrainedModel`, the common encoder interface over a reference model (transformers, open_clip).
+
+Images travel as uint8 (B, 3, S, S) tensors, resized and cropped the checkpoint's way; the
+mean/std normalisation happens inside the model, exactly as in `AlignedModel`, so the training
+loop, evaluation and ONNX export all feed the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..modalities.image import ImageNormalize, load_image
+
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                  "lanczos": Image.LANCZOS}
+BACKEND_FILE = "polymodal_backend.json"  # marks a directory written by polymodal for a pretrained model
+
+
+@dataclass
+class ImageSpec:
+    """How the checkpoint turns a picture into pixels (its image processor / preprocess config)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "shortest"  # "shortest": shorter side to image_size, then centre crop; "squash": to a square
+    interpolation: str = "bicubic"
+    # The centre-crop offset: torchvision (open_clip) rounds (h - s) / 2, transformers floors it.
+    crop_offset: str = "round"
+
+    def __post_init__(self):
+        if self.resize not in ("shortest", "squash"):
+            raise ValueError(f"unsupported resize mode '{self.resize}' (shortest or squash)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unsupported interpolation '{self.interpolation}' ({', '.join(INTERPOLATIONS)})")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+    def to_uint8(self, img: Image.Image) -> np.ndarray:
+        """PIL image -> (3, S, S) uint8, resized and cropped as the reference library does."""
+        s, resample = self.image_size, INTERPOLATIONS[self.interpolation]
+        img = img.convert("RGB")
+        if self.resize == "squash":
+            img = img.resize((s, s), resample)
+        else:
+            w, h = img.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(s * long / short)  # both libraries truncate
+            size = (s, new_long) if w <= h else (new_long, s)
+            if size != img.size:
+                img = img.resize(size, resample)
+            rnd = (lambda d: int(round(d / 2.0))) if self.crop_offset == "round" else (lambda d: d // 2)
+            left, top = rnd(img.width - s), rnd(img.height - s)
+            img = img.crop((left, top, left + s, top + s))
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+@dataclass
+class BackendConfig:
+    """The part of a polymodal `ModelConfig` that the training loop and evaluation read."""
+
+    embed_dim: int
+    image: ImageSpec
+    init_logit_bias: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PretrainedModel(nn.Module):
+    """The common interface (`encode_image`, `encode_text`, `preprocess`, `similarity`, the
+    training `forward`) over a reference model. A backend implements `_image_embeds(pixels)`
+    (normalised float pixels -> (B, E) unnormalised), `_text_embeds(ids)`, the `logit_scale` /
+    `logit_bias` properties, `lock(image, text)`, `add_lora(...)` and `save(directory)`."""
+
+    backend = "?"
+
+    def __init__(self, model: nn.Module, tokenizer, image: ImageSpec, embed_dim: int, model_id: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer  # list[str] -> (B, L) int64 ids
+        self.normalize = ImageNormalize(image.mean, image.std)
+        self.config = BackendConfig(embed_dim=embed_dim, image=image)
+        self.model_id = model_id
+        self.lora: dict | None = None  # the LoRA settings once adapters are added
+
+    # -- tensors in, features out ---------------------------------------------------------------
+
+    def image_features(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, S, S) uint8 or float in [0, 1] -> (B, E)."""
+        x = self._image_embeds(self.normalize(images))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def text_features(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, L) token ids -> (B, E)."""
+        x = self._text_embeds(ids)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
+        """The dict the contrastive losses take (see `polymodal.losses`)."""
+        out = {"image_features": self.image_features(images), "text_features": self.text_features(text),
+               "logit_scale": self.logit_scale.clamp(max=math.log(100))}
+        if negatives is not None:
+            out["negative_features"] = self.text_features(negatives)
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+    # -- raw inputs ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
+        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
+                                                                       else load_image(im)) for im in images]))
+
+    @torch.inference_mode()
+    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
+        """Images (uint8/float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(images)
+        self.eval()
+        return torch.cat([self.image_features(images[i:i + batch_size].to(self.device)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Strings (or token ids) -> (B, E) unit vectors."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, torch.Tensor):
+            if any(not t.strip() for t in texts):
+                raise ValueError("empty text: every caption needs at least one word")
+        self.eval()
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            part = texts[i:i + batch_size]
+            ids = part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))
+            chunks.append(self.text_features(ids.to(self.device)).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+    @torch.inference_mode()
+    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
+        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
+        sims = self.encode_image(images) @ self.encode_text(texts).T
+        if softmax:
+            return (self.logit_scale.exp().clamp(max=100).cpu() * sims).softmax(dim=-1)
+        return sims
+
+    # -- fine-tuning -----------------------------------------------------------------------------
+
+    def trainable_fraction(self) -> float:
+        total = sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) / max(1, total)
+
+    def _add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str]) -> None:
+        """Wrap the reference model in peft LoRA adapters on `targets`; only they train."""
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+        self.model = get_peft_model(self.model, config)
+        self.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
+
+    def _load_adapter(self, directory: Path, trainable: bool = False) -> None:
+        from peft import PeftModel
+
+        self.model = PeftModel.from_pretrained(self.model, str(directory), is_trainable=trainable)
+        cfg = self.model.peft_config["default"]
+        self.lora = {"rank": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                     "targets": sorted(cfg.target_modules)}
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the base weights (same outputs, no adapter overhead)."""
+        if self.lora is None:
+            raise ValueError(f"{self.model_id}: has no LoRA adapters to merge")
+        self.model = self.model.merge_and_unload()
+        self.lora = None
+
+    def _base(self) -> nn.Module:
+        """The reference model under any peft wrapper."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def _write_marker(self, directory: Path, info: dict) -> None:
+        from ..utils import atomic_path
+
+        with atomic_path(directory / BACKEND_FILE) as tmp:
+            tmp.write_text(json.dumps({"backend": self.backend, "image": asdict(self.config.image),
+                                       "embed_dim": self.embed_dim, "lora": self.lora, **info}, indent=2))

@@ -1,0 +1,257 @@
+"""ONNX export of any model with the common interface, and `OnnxModel`, which runs an export
+through ONNX Runtime behind the same interface.
+
+An export directory holds `image.onnx` (uint8 pixels (B, 3, S, S) -> (B, E) unit vectors; the
+mean/std normalisation is inside the graph), `text.onnx` (int64 ids (B, L) -> (B, E)), both with a
+dynamic batch axis, the tokenizer, and `polymodal_onnx.json` with the preprocessing (image size,
+mean/std, resize mode, interpolation), the tokenizer settings and the temperature. With int8,
+`image.int8.onnx` / `text.int8.onnx` hold dynamically quantised copies (8-bit weights, activations
+quantised per batch at run time) that `OnnxModel` uses unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.schema import DataError
+from .base import BackendConfig, ImageSpec
+
+ONNX_FILE = "polymodal_onnx.json"
+OPSET = 18
+
+
+class _ImageGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) uint8 -> (B, E)
+        return self.model.image_features(pixels)
+
+
+class _TextGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) int64 -> (B, E)
+        return self.model.text_features(ids)
+
+
+def image_spec_of(model) -> ImageSpec:
+    """The preprocessing of any model with the common interface (a polymodal checkpoint included)."""
+    image = model.config.image
+    if isinstance(image, ImageSpec):
+        return image
+    return ImageSpec(image_size=image.image_size, mean=tuple(image.mean), std=tuple(image.std),
+                     resize="shortest", interpolation="bicubic", crop_offset="floor")
+
+
+def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> Path:
+    """Write the two encoders, the tokenizer and the metadata to `out` (replaced whole, atomically)."""
+    out = Path(out)
+    if out.exists() and not (out / ONNX_FILE).is_file() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not an ONNX export; choose an empty or new directory")
+    model = model.float().eval()
+    lora = getattr(model, "lora", None)
+    if lora is not None:  # the graph needs plain weights; merging leaves the outputs unchanged
+        model.merge_lora()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        image = image_spec_of(model)
+        pixels = torch.randint(0, 256, (batch, 3, image.image_size, image.image_size), dtype=torch.uint8)
+        ids = model.tokenizer(["a photo of a cat", "two dogs"] * (batch // 2) + ["x"] * (batch % 2))
+        _export(_ImageGraph(model), pixels, tmp / "image.onnx", "pixels")
+        _export(_TextGraph(model), ids, tmp / "text.onnx", "ids")
+        tokenizer = _save_tokenizer(model, tmp / "tokenizer")
+        bias = getattr(model, "logit_bias", None)
+        meta = {"model_id": model.model_id, "embed_dim": model.embed_dim, "image": asdict(image),
+                "tokenizer": tokenizer, "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
+                "logit_bias": None if bias is None else float(bias.detach()), "int8": int8, "opset": OPSET}
+        if int8:
+            for name in ("image", "text"):
+                quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+        (tmp / ONNX_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str) -> None:
+    """torch.onnx's TorchScript exporter: one self-contained file, and it traces the attention of
+    both transformers and open_clip without help (measured: the dynamo exporter also works but
+    takes several times longer on a CPU)."""
+    import warnings
+
+    axes = {input_name: {0: "batch"}, "embedding": {0: "batch"}}
+    if input_name == "ids":
+        axes[input_name][1] = "length"
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # The fused inference kernel of nn.MultiheadAttention has no ONNX form; the plain path does.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=["embedding"],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the matrix products (weights signed 8-bit, per channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def _save_tokenizer(model, directory: Path) -> dict:
+    from ..modalities.text import Tokenizer as PolymodalTokenizer
+    from .hf import HFTokenizer
+    from .open_clip import OpenClipTokenizer
+
+    directory.mkdir()
+    tok = model.tokenizer
+    if isinstance(tok, HFTokenizer):
+        tok.save(directory)
+        return {"kind": "hf", "context_length": tok.context_length, "pad_to_context": tok.pad_to_context}
+    if isinstance(tok, OpenClipTokenizer):
+        (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model.model_cfg}))
+        return {"kind": "open_clip"}
+    if isinstance(tok, PolymodalTokenizer):
+        tok.save(directory / "tokenizer.json")
+        return {"kind": "polymodal", "context_length": tok.context_length}
+    raise ValueError(f"cannot export the tokenizer of {model.model_id} ({type(tok).__name__})")
+
+
+def _load_tokenizer(directory: Path, spec: dict):
+    kind = spec.get("kind")
+    if kind == "hf":
+        from transformers import AutoTokenizer
+
+        from .hf import HFTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(directory)), spec["context_length"], spec["pad_to_context"])
+    if kind == "open_clip":
+        import open_clip
+
+        from .open_clip import OpenClipTokenizer
+
+        return OpenClipTokenizer(open_clip.get_tokenizer(f"local-dir:{directory}"))
+    if kind == "polymodal":
+        from ..modalities.text import Tokenizer
+
+        return Tokenizer.from_file(directory / "tokenizer.json", spec["context_length"])
+    raise DataError(f"{directory}: unknown tokenizer kind {kind!r}")
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+class OnnxModel:
+    """An ONNX export run through ONNX Runtime, with the common interface (encode_image,
+    encode_text, preprocess, similarity, embed_dim, model_id)."""
+
+    def __init__(self, directory: Path, int8: bool | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.directory = Path(directory)
+        try:
+            meta = json.loads((self.directory / ONNX_FILE).read_text())
+            image = ImageSpec(**meta["image"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{self.directory / ONNX_FILE}: not a valid ONNX export description ({err})") from None
+        self.meta = meta
+        self.int8 = meta.get("int8", False) if int8 is None else int8
+        if self.int8 and not meta.get("int8"):
+            raise DataError(f"{self.directory}: exported without int8 (export again with --int8)")
+        suffix = ".int8.onnx" if self.int8 else ".onnx"
+        self.config = BackendConfig(embed_dim=meta["embed_dim"], image=image, init_logit_bias=meta.get("logit_bias"))
+        self.tokenizer = _load_tokenizer(self.directory / "tokenizer", meta["tokenizer"])
+        self.model_id = f"onnx{'-int8' if self.int8 else ''}:{self.directory.resolve()}"
+        opts = session_options(threads)
+        try:
+            self.image_session = ort.InferenceSession(str(self.directory / f"image{suffix}"), opts,
+                                                      providers=["CPUExecutionProvider"])
+            self.text_session = ort.InferenceSession(str(self.directory / f"text{suffix}"), opts,
+                                                     providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for missing/corrupt files
+            raise DataError(f"{self.directory}: cannot load the ONNX graphs ({str(err).splitlines()[0]})") from None
+        self.logit_scale = torch.tensor(math.log(meta["logit_scale"]))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, device) -> "OnnxModel":
+        if str(device) != "cpu":
+            raise ValueError(f"{self.model_id}: runs on the CPU through ONNX Runtime (asked for {device})")
+        return self
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
+        from PIL import Image
+
+        from ..modalities.image import load_image
+
+        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
+                                                                       else load_image(im)) for im in images]))
+
+    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(images)
+        if images.dtype != torch.uint8:  # float in [0, 1], as the PyTorch models accept
+            images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        out = [self.image_session.run(None, {"pixels": images[i:i + batch_size].numpy()})[0]
+               for i in range(0, len(images), batch_size)]
+        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, self.embed_dim)
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, torch.Tensor) and any(not t.strip() for t in texts):
+            raise ValueError("empty text: every caption needs at least one word")
+        out = []
+        for i in range(0, len(texts), batch_size):
+            part = texts[i:i + batch_size]
+            ids = part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))
+            out.append(self.text_session.run(None, {"ids": ids.numpy().astype(np.int64)})[0])
+        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, self.embed_dim)
+
+    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
+        sims = self.encode_image(images) @ self.encode_text(texts).T
+        return (self.logit_scale.exp() * sims).softmax(dim=-1) if softmax else sims
+
+
+def load_onnx(directory: str | Path, int8: bool | None = None) -> OnnxModel:
+    return OnnxModel(Path(directory), int8=int8)
