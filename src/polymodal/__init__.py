@@ -12,12 +12,14 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def load(path: str | Path, device: str = "cpu"):
-    """A trained model from a checkpoint directory, with `encode_image`, `encode_text` and
-    `similarity` that accept raw inputs (image paths or PIL images, strings)."""
-    from .train.checkpoint import load_checkpoint
+def load(source: str | Path, device: str = "cpu"):
+    """A model with `encode_image`, `encode_text` and `similarity` that accept raw inputs (image
+    paths or PIL images, strings), from: a polymodal checkpoint directory, `hf:<repo id>`,
+    `open_clip:<arch>/<tag>`, `open_clip:<arch>@<checkpoint file>`, a local Hugging Face or
+    open_clip model directory, a fine-tune (full or LoRA adapters) or an ONNX export."""
+    from .backends import load_model
 
-    return load_checkpoint(path, device)
+    return load_model(source, device)
 
 
 def create_model(name: str, texts=None, **overrides):

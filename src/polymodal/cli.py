@@ -15,6 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="polymodal: multimodal learning toolkit (shared embedding spaces, retrieval, evaluation).")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert datasets.")
 app.add_typer(data_app, name="data")
+from .backends.cli import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
+
+app.add_typer(export_app, name="export")
+app.add_typer(lora_app, name="lora")
 console = Console()
 
 
@@ -118,13 +122,14 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'sh
 def train_cmd(
     data: Path = typer.Argument(..., help="Training dataset (its 'train' split is used)."),
     out: Path = typer.Option(Path("runs/train"), help="Checkpoint directory to write."),
-    model: str = typer.Option("shapes-cnn-small", help="Architecture preset (see `polymodal models`) or JSON file."),
+    model: str = typer.Option("shapes-cnn-small", help="Architecture preset (see `polymodal models`), JSON file, "
+                              "or a pretrained model to fine-tune: hf:<id>, open_clip:<arch>/<tag>, a directory."),
     loss: str = typer.Option("clip", help="clip (symmetric InfoNCE) or siglip (sigmoid)."),
     epochs: int = typer.Option(10, min=1),
     time_budget: Optional[str] = typer.Option(None, help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
     batch_size: int = typer.Option(128, min=2, help="Global batch size (split across DDP ranks)."),
     accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
-    lr: float = typer.Option(2e-3),
+    lr: Optional[float] = typer.Option(None, help="Default: 2e-3 from scratch, 1e-5 fine-tuning, 1e-3 with --lora."),
     weight_decay: float = typer.Option(0.1),
     warmup: float = typer.Option(0.05, help="Warm-up fraction of training."),
     grad_clip: float = typer.Option(1.0),
@@ -135,8 +140,12 @@ def train_cmd(
     eval_images: int = typer.Option(1000, help="Validation gallery size evaluated every epoch (0: none)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+    lora: bool = typer.Option(False, "--lora", help="Fine-tune LoRA adapters on the attention projections only."),
+    lora_rank: int = typer.Option(8, min=1, help="Rank of the LoRA adapters."),
+    lock_image: bool = typer.Option(False, "--lock-image", help="Freeze the image tower (LiT)."),
+    lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
 ):
-    """Train an aligned image-text model contrastively. Runs under torchrun for DDP."""
+    """Train an aligned image-text model contrastively, or fine-tune a pretrained one. Runs under torchrun for DDP."""
     from .train.loop import TrainConfig, train
 
     if loss not in ("clip", "siglip"):
@@ -145,14 +154,15 @@ def train_cmd(
                       time_budget=parse_duration(time_budget), batch_size=batch_size, accum_steps=accum_steps,
                       lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, precision=precision,
                       hard_negatives=hard_negatives, seed=seed, device=device, eval_images=eval_images,
-                      resume=resume, strict=strict)
+                      resume=resume, strict=strict, lora=lora_rank if lora else 0, lock_image=lock_image,
+                      lock_text=lock_text)
     path = train(cfg)
     console.print(f"checkpoint: {path}")
 
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint directory, or hf:<id>, open_clip:<arch>/<tag>, ..."),
     data: Path = typer.Argument(..., help="Dataset to evaluate on."),
     split: Optional[List[str]] = typer.Option(None, help="Split(s); default test and test_unseen."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names for zero-shot on labelled data."),
@@ -182,7 +192,7 @@ def eval_cmd(
 def similarity_cmd(
     image: Path = typer.Argument(..., help="Image file."),
     texts: List[str] = typer.Argument(..., help="Candidate texts."),
-    model: Path = typer.Option(Path("runs/demo/model"), help="Checkpoint directory."),
+    model: str = typer.Option("runs/demo/model", help="Checkpoint directory, or hf:<id>, open_clip:<arch>/<tag>, ..."),
 ):
     """Print the softmax probability of each text for IMAGE (CLIP's first example)."""
     from . import load

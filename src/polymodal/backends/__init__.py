@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 
 from ..data.schema import DataError
-from .base import BACKEND_FILE, PretrainedModel
 
 PREFIXES = ("hf:", "open_clip:")
 
@@ -47,7 +46,9 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
                         f"open_clip:<arch>@<checkpoint file>)")
     if path.is_file():
         raise DataError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
-    marker = _read_marker(path)
+    from .base import BACKEND_FILE
+
+    marker = _read_marker(path / BACKEND_FILE)
     if marker and marker.get("lora"):
         model = load_model(marker["base"])
         model._load_adapter(path / "adapter", trainable=trainable_adapters)
@@ -72,6 +73,8 @@ def load_trainable(source: str, lora: int = 0, lock_image: bool = False, lock_te
                    device: str = "cpu"):
     """A model to fine-tune: full, with a tower locked (LiT), or with fresh LoRA adapters of rank
     `lora` (a LoRA fine-tune named as `source` continues with its own adapters)."""
+    from .base import PretrainedModel
+
     model = load_model(source, device, trainable_adapters=True)
     if not isinstance(model, PretrainedModel):
         if lora:
@@ -91,6 +94,8 @@ def load_trainable(source: str, lora: int = 0, lock_image: bool = False, lock_te
 
 def save_model(model, directory: str | Path, extra: dict | None = None) -> Path:
     """Save any trainable model in its own format; files appear whole or not at all."""
+    from .base import PretrainedModel
+
     directory = Path(directory)
     if not isinstance(model, PretrainedModel):
         from ..train.checkpoint import save_checkpoint
@@ -115,14 +120,13 @@ def save_model(model, directory: str | Path, extra: dict | None = None) -> Path:
 def merge_lora(source: str | Path, out: str | Path) -> Path:
     """Load a LoRA fine-tune, fold its adapters into the base weights and save the full model."""
     model = load_model(source)
-    if not isinstance(model, PretrainedModel) or model.lora is None:
-        raise ValueError(f"{source}: not a LoRA fine-tune (no {BACKEND_FILE} with adapters)")
+    if getattr(model, "lora", None) is None:
+        raise ValueError(f"{source}: not a LoRA fine-tune (written by `polymodal train --lora`)")
     model.merge_lora()
     return save_model(model, out, {"merged_from": str(Path(source).resolve())})
 
 
-def _read_marker(path: Path) -> dict | None:
-    file = path / BACKEND_FILE
+def _read_marker(file: Path) -> dict | None:
     if not file.is_file():
         return None
     try:
@@ -131,4 +135,4 @@ def _read_marker(path: Path) -> dict | None:
         raise DataError(f"{file}: not valid JSON ({err})") from None
 
 
-__all__ = ["PretrainedModel", "is_pretrained_source", "load_model", "load_trainable", "merge_lora", "save_model"]
+__all__ = ["is_pretrained_source", "load_model", "load_trainable", "merge_lora", "save_model"]

@@ -38,6 +38,8 @@ class ImageSpec:
     interpolation: str = "bicubic"
     # The centre-crop offset: torchvision (open_clip) rounds (h - s) / 2, transformers floors it.
     crop_offset: str = "round"
+    # The longer side after resizing: both libraries truncate; polymodal's own models round.
+    long_side: str = "truncate"
 
     def __post_init__(self):
         if self.resize not in ("shortest", "squash"):
@@ -55,7 +57,7 @@ class ImageSpec:
         else:
             w, h = img.size
             short, long = (w, h) if w <= h else (h, w)
-            new_long = int(s * long / short)  # both libraries truncate
+            new_long = round(long * (s / short)) if self.long_side == "round" else int(s * long / short)
             size = (s, new_long) if w <= h else (new_long, s)
             if size != img.size:
                 img = img.resize(size, resample)

@@ -54,7 +54,7 @@ def image_spec_of(model) -> ImageSpec:
     if isinstance(image, ImageSpec):
         return image
     return ImageSpec(image_size=image.image_size, mean=tuple(image.mean), std=tuple(image.std),
-                     resize="shortest", interpolation="bicubic", crop_offset="floor")
+                     resize="shortest", interpolation="bicubic", crop_offset="floor", long_side="round")
 
 
 def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> Path:
@@ -114,11 +114,23 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the matrix products (weights signed 8-bit, per channel)."""
+    """Dynamic int8 quantisation of the matrix products: signed 8-bit weights per output channel.
+    Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with an instruction
+    whose 16-bit sums saturate; 7-bit weights avoid that (measured on a tiny CLIP, AVX2: text
+    cosine against float32 0.895 with 8 bits, 0.999 with 7)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+                     reduce_range=not has_vnni(), op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def has_vnni() -> bool:
+    """8-bit dot products without saturation (AVX512-VNNI or AVX-VNNI)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _save_tokenizer(model, directory: Path) -> dict:

@@ -20,10 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.formats import load_records
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError
+from ..backends import is_pretrained_source, load_trainable, save_model
 from ..losses import get_loss
+from ..models.aligned import AlignedModel
 from ..models.factory import create_model
 from ..utils import atomic_path, pick_device, progress_bar, resolve_precision, seed_everything
-from .checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import is_checkpoint, load_checkpoint
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -40,7 +42,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the schedule is fitted to it
     batch_size: int = 128  # global batch, split across DDP ranks (128 beat 64 and 256 in 3-minute CPU runs)
     accum_steps: int = 1  # micro-batches per optimizer step (each is its own contrastive batch)
-    lr: float = 2e-3
+    lr: float | None = None  # None: 2e-3 from scratch, 1e-5 to fine-tune a pretrained model, 1e-3 for LoRA
     weight_decay: float = 0.1
     warmup: float = 0.05  # fraction of training
     grad_clip: float = 1.0
@@ -53,6 +55,9 @@ class TrainConfig:
     strict: bool = False  # stop at the first bad record instead of skipping it
     max_captions: int | None = None  # use at most this many captions per image
     resume: bool = False
+    lora: int = 0  # LoRA rank for a pretrained model (0: no adapters)
+    lock_image: bool = False  # freeze the image tower, projection included (LiT)
+    lock_text: bool = False  # freeze the text tower, projection included
     progress: bool = True
     log_every: int = 10  # steps between metric rows
     extra: dict = field(default_factory=dict)
@@ -119,9 +124,13 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
         raise DataError(f"{cfg.data}: no records in split 'train' (splits: {data.splits})")
 
     state = None
-    if cfg.resume and is_checkpoint(out) and (out / STATE_FILE).exists():
-        model = load_checkpoint(out, device)
+    pretrained = is_pretrained_source(cfg.model)
+    if cfg.resume and (out / STATE_FILE).exists() and (pretrained or is_checkpoint(out)):
+        model = (load_trainable(str(out), lock_image=cfg.lock_image, lock_text=cfg.lock_text, device=device)
+                 if pretrained else load_checkpoint(out, device))
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    elif pretrained:
+        model = load_trainable(cfg.model, cfg.lora, cfg.lock_image, cfg.lock_text, device)
     else:
         model = create_model(cfg.model, texts=(t for r in train_set for t in r.text)).to(device)
         if cfg.loss == "siglip" and model.logit_bias is None:
@@ -130,14 +139,18 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
             model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
             model.logit_scale.data.fill_(math.log(10))
             model.config.init_logit_bias, model.config.init_logit_scale = -10.0, math.log(10)
-    if info.enabled:
+    if cfg.lora and not pretrained:
+        raise ValueError(f"--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), not '{cfg.model}'")
+    if cfg.loss == "siglip" and model.logit_bias is None:
+        raise ValueError(f"{cfg.model}: has no logit bias for the siglip loss; use --loss clip")
+    if info.enabled and isinstance(model, AlignedModel):
         _check_same_tokenizer(model, info)
     loss_fn = get_loss(cfg.loss)
     if cfg.max_captions:
         for r in train_set.records:
             r.text = r.text[: cfg.max_captions]
     pairs = ImageTextPairs(train_set, model.config.image.image_size, progress=cfg.progress and info.is_main)
-    if hasattr(model.text_tower, "warm_cache"):
+    if hasattr(getattr(model, "text_tower", None), "warm_cache"):
         # A locked tower is a fixed function of the caption: embed every caption once, up front,
         # so the time budget is spent on what is trained.
         model.text_tower.warm_cache(model.tokenizer, [t for r in pairs.records for t in r.text],
@@ -154,7 +167,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     if info.enabled and device.startswith("cuda"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
     net = DistributedDataParallel(model) if info.enabled else model
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    lr = cfg.lr if cfg.lr is not None else _default_lr(cfg, pretrained)
+    optimizer = build_optimizer(model, lr, cfg.weight_decay)
     steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch == 0:
         raise DataError(f"{cfg.data}: {len(pairs)} training pairs are fewer than one batch of {cfg.batch_size}")
@@ -183,7 +197,7 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
             seen, t_epoch = 0, time.perf_counter()
             for batch in pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                                        hard_negatives=cfg.hard_negatives):
-                set_lr(optimizer, lr_at(progress_now(), cfg.lr, cfg.warmup))
+                set_lr(optimizer, lr_at(progress_now(), lr, cfg.warmup))
                 losses = _step(net, model, batch, loss_fn, optimizer, cfg, device, micro // info.world_size)
                 step += 1
                 seen += cfg.batch_size
@@ -210,6 +224,14 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
             start_time += time.perf_counter() - paused
     log.close()
     return out
+
+
+def _default_lr(cfg: TrainConfig, pretrained: bool) -> float:
+    """Fine-tuning pretrained towers must not wash out what pretraining learnt; freshly
+    initialised LoRA adapters need much larger steps."""
+    if not pretrained:
+        return 2e-3
+    return 1e-3 if cfg.lora else 1e-5
 
 
 def _check_same_tokenizer(model, info: DistInfo) -> None:
@@ -267,6 +289,6 @@ def _evaluate_epoch(model, val) -> dict[str, float]:
 
 def _save(model, optimizer, out: Path, cfg: TrainConfig, step: int, epoch: int, elapsed: float) -> None:
     train_meta = {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
-    save_checkpoint(model, out, extra={"training": train_meta, "step": step, "epoch": epoch})
+    save_model(model, out, extra={"training": train_meta, "step": step, "epoch": epoch})
     with atomic_path(out / STATE_FILE) as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed": elapsed}, tmp)
