@@ -8,8 +8,10 @@ loop, evaluation and ONNX export all feed the same thing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..data.schema import DataError
 from ..modalities.image import ImageNormalize, load_image
 
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
@@ -78,6 +81,14 @@ class BackendConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """peft calls a transformers method that transformers 5 deprecates; the warning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 class PretrainedModel(nn.Module):
@@ -178,13 +189,17 @@ class PretrainedModel(nn.Module):
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-        self.model = get_peft_model(self.model, config)
+        with _quiet():
+            self.model = get_peft_model(self.model, config)
         self.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets}
 
     def _load_adapter(self, directory: Path, trainable: bool = False) -> None:
         from peft import PeftModel
 
-        self.model = PeftModel.from_pretrained(self.model, str(directory), is_trainable=trainable)
+        if not (directory / "adapter_config.json").is_file():
+            raise DataError(f"{directory}: no LoRA adapters here (adapter_config.json is missing)")
+        with _quiet():
+            self.model = PeftModel.from_pretrained(self.model, str(directory), is_trainable=trainable)
         cfg = self.model.peft_config["default"]
         self.lora = {"rank": cfg.r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                      "targets": sorted(cfg.target_modules)}

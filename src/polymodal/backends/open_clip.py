@@ -9,6 +9,8 @@ Sources: `open_clip:<arch>/<pretrained tag>` (weights from open_clip's cache or 
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -105,6 +107,11 @@ def _lora_targets(model: nn.Module) -> list[str]:
     return sorted(found)
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else err.__class__.__name__
+
+
 def parse_source(spec: str) -> tuple[str, str | None, str | None]:
     """'ViT-B-32/laion2b_s34b_b79k' -> (arch, tag, None); 'ViT-B-32@/x.pt' -> (arch, None, file);
     'hf-hub:org/repo' or 'local-dir:/d' -> (spec, None, None); 'ViT-B-32' -> random weights."""
@@ -138,19 +145,25 @@ def load_open_clip(spec: str, model_id: str | None = None) -> OpenClipModel:
     if tag and not open_clip.get_pretrained_cfg(arch, tag):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise ValueError(f"open_clip: '{arch}' has no pretrained tag '{tag}' (known: {', '.join(tags) or 'none'})")
-    with cache_only_when_offline() as online:
-        try:
+    # open_clip reports on the root logger ("no pretrained weights", download errors): we raise instead.
+    logging.disable(logging.ERROR)
+    try:
+        with cache_only_when_offline() as online:
             model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=tag or file, device="cpu",
-                                                                precision="fp32", load_weights=True)
+                                                                precision="fp32")
             tokenizer = open_clip.get_tokenizer(arch)
-        except RuntimeError as err:
-            if "Failed to download" not in str(err) and "HF Hub" not in str(err):
-                raise
+    except RuntimeError as err:
+        if file is None and ("Failed to download" in str(err) or "HF Hub" in str(err)):
             where = "not in the local cache" + ("" if online else " and the hub cannot be reached (offline)")
             raise DataError(f"{name}: weights {where}; download the checkpoint file where there is a "
                             f"network and load it with open_clip:{arch}@/path/to/checkpoint") from None
-        except (KeyError, ValueError) as err:  # a state dict that does not fit the architecture
-            raise DataError(f"{name}: checkpoint does not match the architecture ({err})") from None
+        if file is None:
+            raise
+        raise DataError(f"{file}: not a checkpoint for {arch} ({_first_line(err)})") from None
+    except (KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"{file or name}: not a readable checkpoint for {arch} ({_first_line(err)})") from None
+    finally:
+        logging.disable(logging.NOTSET)
     if schema is None and tag is None and file is None:
         name += " (random weights)"
     model_cfg = open_clip.get_model_config(arch)
