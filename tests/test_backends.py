@@ -163,6 +163,27 @@ def test_locked_image_tower_full_fine_tune_saves_and_reloads(tmp_path, shapes_di
                           epochs=1, progress=False))
 
 
+def test_open_clip_lora_saves_adapters_merges_and_exports(tmp_path, shapes_dir):
+    from polymodal.backends.onnx import export_onnx
+    from polymodal.train.loop import TrainConfig, train
+
+    _, _, file = make_open_clip_checkpoint(tmp_path)
+    base = polymodal.load(f"open_clip:polymodal-test-tiny@{file}")
+    train(TrainConfig(data=str(shapes_dir), out=str(tmp_path / "lora"), model=f"open_clip:polymodal-test-tiny@{file}",
+                      lora=4, epochs=1, batch_size=100, lr=1e-2, eval_images=0, progress=False))
+    assert {p.name for p in (tmp_path / "lora" / "adapter").iterdir()} >= {"adapter_config.json",
+                                                                          "adapter_model.safetensors"}
+    tuned = polymodal.load(tmp_path / "lora")
+    assert tuned.lora["targets"] == ["attn"]  # torch's MultiheadAttention: q/k/v and output projections
+    assert (tuned.encode_text(TEXTS) - base.encode_text(TEXTS)).abs().max() > 1e-4
+    merge_lora(tmp_path / "lora", tmp_path / "merged")
+    merged = polymodal.load(tmp_path / "merged")
+    assert (merged.encode_text(TEXTS) - tuned.encode_text(TEXTS)).abs().max() <= 1e-5
+    assert (merged.encode_image(_images()) - tuned.encode_image(_images())).abs().max() <= 1e-5
+    export_onnx(polymodal.load(tmp_path / "lora"), tmp_path / "onnx")  # adapters merged on the way
+    assert (polymodal.load(tmp_path / "onnx").encode_text(TEXTS) * tuned.encode_text(TEXTS)).sum(-1).min() > 0.9999
+
+
 @pytest.mark.parametrize("kind", ["hf", "open_clip"])
 def test_onnx_export_matches_pytorch(tmp_path, kind):
     if kind == "hf":

@@ -59,7 +59,7 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
     from .hf import is_hf_dir, load_hf
 
     if (path / ONNX_FILE).is_file():
-        return load_onnx(path)
+        return load_onnx(path).to(device)
     if is_open_clip_dir(path):
         return load_open_clip(f"local-dir:{path.resolve()}", model_id=f"open_clip:{path.resolve()}").to(device)
     if is_hf_dir(path):

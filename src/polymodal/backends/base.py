@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -77,10 +77,6 @@ class BackendConfig:
     embed_dim: int
     image: ImageSpec
     init_logit_bias: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @contextlib.contextmanager
