@@ -42,8 +42,8 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_open_clip(s[len("open_clip:"):]).to(device)
     path = Path(s)
     if not path.exists():
-        raise DataError(f"{s}: no such model directory (or use hf:<repo id>, open_clip:<arch>/<tag>, "
-                        f"open_clip:<arch>@<checkpoint file>)")
+        raise DataError(f"{s}: no such checkpoint directory (pretrained models are named hf:<repo id>, "
+                        f"open_clip:<arch>/<tag> or open_clip:<arch>@<checkpoint file>)")
     if path.is_file():
         raise DataError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
     from .base import BACKEND_FILE
