@@ -87,9 +87,49 @@ def _quiet():
         yield
 
 
-class PretrainedModel(nn.Module):
-    """The common interface (`encode_image`, `encode_text`, `preprocess`, `similarity`, the
-    training `forward`) over a reference model. A backend implements `_image_embeds(pixels)`
+class EncoderInterface:
+    """`preprocess`, `encode_image`, `encode_text`, `similarity` and `embed_dim` over three hooks
+    that a model implements: `_embed_pixels(uint8 (B, 3, S, S)) -> (B, E)`, `_embed_ids((B, L))
+    -> (B, E)`, `_similarity_scale()`; it also has `config` (a `BackendConfig`) and `tokenizer`."""
+
+    config: BackendConfig
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
+        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
+                                                                       else load_image(im)) for im in images]))
+
+    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
+        """Images (uint8 or [0, 1] float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(images)
+        chunks = [self._embed_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Strings (or token ids) -> (B, E) unit vectors."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, torch.Tensor) and any(not t.strip() for t in texts):
+            raise ValueError("empty text: every caption needs at least one word")
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            part = texts[i:i + batch_size]
+            chunks.append(self._embed_ids(part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))))
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
+        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
+        sims = self.encode_image(images) @ self.encode_text(texts).T
+        return (self._similarity_scale() * sims).softmax(dim=-1) if softmax else sims
+
+
+class PretrainedModel(EncoderInterface, nn.Module):
+    """The common interface (`EncoderInterface`, plus the training `forward`) over a reference model. A backend implements `_image_embeds(pixels)`
     (normalised float pixels -> (B, E) unnormalised), `_text_embeds(ids)`, the `logit_scale` /
     `logit_bias` properties, `lock(image, text)`, `add_lora(...)` and `save(directory)`."""
 
@@ -126,53 +166,24 @@ class PretrainedModel(nn.Module):
             out["logit_bias"] = self.logit_bias
         return out
 
-    # -- raw inputs ------------------------------------------------------------------------------
+    # -- the common interface (raw inputs: `EncoderInterface`) ----------------------------------
 
     @property
     def device(self) -> torch.device:
         return self.logit_scale.device
 
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
-    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
-        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
-                                                                       else load_image(im)) for im in images]))
-
     @torch.inference_mode()
-    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
-        """Images (uint8/float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
-        if not isinstance(images, torch.Tensor):
-            images = self.preprocess(images)
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.cat([self.image_features(images[i:i + batch_size].to(self.device)).float().cpu()
-                          for i in range(0, len(images), batch_size)])
+        return self.image_features(pixels.to(self.device)).float().cpu()
 
     @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Strings (or token ids) -> (B, E) unit vectors."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, torch.Tensor):
-            if any(not t.strip() for t in texts):
-                raise ValueError("empty text: every caption needs at least one word")
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         self.eval()
-        chunks = []
-        for i in range(0, len(texts), batch_size):
-            part = texts[i:i + batch_size]
-            ids = part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))
-            chunks.append(self.text_features(ids.to(self.device)).float().cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+        return self.text_features(ids.to(self.device)).float().cpu()
 
-    @torch.inference_mode()
-    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
-        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
-        sims = self.encode_image(images) @ self.encode_text(texts).T
-        if softmax:
-            return (self.logit_scale.exp().clamp(max=100).cpu() * sims).softmax(dim=-1)
-        return sims
+    def _similarity_scale(self) -> torch.Tensor:
+        return self.logit_scale.detach().exp().clamp(max=100).cpu()
 
     # -- fine-tuning -----------------------------------------------------------------------------
 

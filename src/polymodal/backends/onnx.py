@@ -4,27 +4,25 @@ through ONNX Runtime behind the same interface.
 An export directory holds `image.onnx` (uint8 pixels (B, 3, S, S) -> (B, E) unit vectors; the
 mean/std normalisation is inside the graph), `text.onnx` (int64 ids (B, L) -> (B, E)), both with a
 dynamic batch axis, the tokenizer, and `polymodal_onnx.json` with the preprocessing (image size,
-mean/std, resize mode, interpolation), the tokenizer settings and the temperature. With int8,
-`image.int8.onnx` / `text.int8.onnx` hold dynamically quantised copies (8-bit weights, activations
+mean/std, resize mode, interpolation), the tokenizer settings and the similarity scale. With int8,
+`image.int8.onnx` / `text.int8.onnx` hold dynamically quantised copies (int8 weights, 7-bit without VNNI; activations
 quantised per batch at run time) that `OnnxModel` uses unless told otherwise.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.schema import DataError
-from .base import BackendConfig, ImageSpec
+from .base import BackendConfig, EncoderInterface, ImageSpec
 
 ONNX_FILE = "polymodal_onnx.json"
 OPSET = 18
@@ -78,7 +76,7 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
         tokenizer = _save_tokenizer(model, tmp / "tokenizer")
         bias = getattr(model, "logit_bias", None)
         meta = {"model_id": model.model_id, "embed_dim": model.embed_dim, "image": asdict(image),
-                "tokenizer": tokenizer, "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
+                "tokenizer": tokenizer, "similarity_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
                 "logit_bias": None if bias is None else float(bias.detach()), "int8": int8, "opset": OPSET}
         if int8:
             for name in ("image", "text"):
@@ -183,7 +181,7 @@ def session_options(threads: int | None = None):
     return opts
 
 
-class OnnxModel:
+class OnnxModel(EncoderInterface):
     """An ONNX export run through ONNX Runtime, with the common interface (encode_image,
     encode_text, preprocess, similarity, embed_dim, model_id)."""
 
@@ -212,11 +210,6 @@ class OnnxModel:
                                                      providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for missing/corrupt files
             raise DataError(f"{self.directory}: cannot load the ONNX graphs ({str(err).splitlines()[0]})") from None
-        self.logit_scale = torch.tensor(math.log(meta["logit_scale"]))
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
 
     @property
     def device(self) -> torch.device:
@@ -230,39 +223,16 @@ class OnnxModel:
             raise ValueError(f"{self.model_id}: runs on the CPU through ONNX Runtime (asked for {device})")
         return self
 
-    def preprocess(self, images) -> torch.Tensor:
-        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
-        from PIL import Image
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:  # [0, 1] floats, as the PyTorch models also accept
+            pixels = (pixels.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        return torch.from_numpy(self.image_session.run(None, {"pixels": pixels.numpy()})[0])
 
-        from ..modalities.image import load_image
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.text_session.run(None, {"ids": ids.numpy().astype(np.int64)})[0])
 
-        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
-                                                                       else load_image(im)) for im in images]))
-
-    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            images = self.preprocess(images)
-        if images.dtype != torch.uint8:  # float in [0, 1], as the PyTorch models accept
-            images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
-        out = [self.image_session.run(None, {"pixels": images[i:i + batch_size].numpy()})[0]
-               for i in range(0, len(images), batch_size)]
-        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, self.embed_dim)
-
-    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, torch.Tensor) and any(not t.strip() for t in texts):
-            raise ValueError("empty text: every caption needs at least one word")
-        out = []
-        for i in range(0, len(texts), batch_size):
-            part = texts[i:i + batch_size]
-            ids = part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))
-            out.append(self.text_session.run(None, {"ids": ids.numpy().astype(np.int64)})[0])
-        return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0, self.embed_dim)
-
-    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
-        sims = self.encode_image(images) @ self.encode_text(texts).T
-        return (self.logit_scale.exp() * sims).softmax(dim=-1) if softmax else sims
+    def _similarity_scale(self) -> torch.Tensor:
+        return torch.tensor(self.meta["similarity_scale"])
 
 
 def load_onnx(directory: str | Path, int8: bool | None = None) -> OnnxModel:
