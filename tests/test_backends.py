@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import polymodal
-from polymodal.backends import load_trainable, merge_lora, save_model
+from polymodal.backends import merge_lora
 from polymodal.cli import app
 from polymodal.data.schema import DataError
 
