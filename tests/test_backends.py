@@ -21,16 +21,6 @@ from backend_fixtures import make_hf_model, make_open_clip_checkpoint
 TEXTS = ["a photo of a cat", "two dog and a cat", "the photo"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two xdist workers share two cores: one thread each, or tiny matrix products spend their
-    time waiting for each other (measured: 15x slower training steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(n=3):
     """Odd sizes and aspect ratios, so resizing and cropping are exercised."""
     rng = np.random.RandomState(0)
