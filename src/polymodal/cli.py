@@ -17,6 +17,11 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert
 app.add_typer(data_app, name="data")
 console = Console()
 
+from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
+
+data_app.command("sort-of-clevr")(sort_of_clevr)
+app.add_typer(lab_app, name="lab")
+
 
 def parse_duration(text: str | None) -> float | None:
     """'180', '180s', '3m', '1.5h' -> seconds."""
