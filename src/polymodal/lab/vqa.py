@@ -15,7 +15,7 @@ from ..data.formats import load_records
 from ..data.schema import DataError
 from ..data.vqa import QuestionVocab, VQATensors, answer_vocabulary, vqa_tensors
 from ..evaluate.vqa import CONDITIONS, accuracy_table, evaluate_vqa, majority_baseline
-from ..models.fusion import create_vqa_model, list_vqa_models
+from ..models.fusion import FUSIONS, create_vqa_model, get_fusion_config, list_vqa_models
 from ..train.vqa import VQATrainConfig, train_vqa
 from ..utils import atomic_path
 
@@ -63,7 +63,6 @@ def load_splits(cfg: LabConfig, image_size: int):
 def question_only(train: VQATensors, test: VQATensors) -> dict[str, float]:
     """The best any model can do without the image: the most common training answer of each
     exact question text."""
-    prior: dict[tuple, torch.Tensor] = {}
     flat_q, flat_a = train.questions.flatten(0, 1), train.answers.flatten()
     keys, inverse = torch.unique(flat_q, dim=0, return_inverse=True)
     best = {}
@@ -73,7 +72,6 @@ def question_only(train: VQATensors, test: VQATensors) -> dict[str, float]:
             best[tuple(keys[k].tolist())] = answers.mode().values.item()
     fallback = flat_a[flat_a >= 0].mode().values.item()
     preds = torch.tensor([[best.get(tuple(q.tolist()), fallback) for q in qs] for qs in test.questions])
-    del prior
     return accuracy_table(preds, test)
 
 
@@ -86,7 +84,8 @@ def run_lab(cfg: LabConfig) -> dict:
             raise ValueError(f"unknown VQA model '{name}' (known: {', '.join(MODELS)})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, vocab, answers, train, val, test = load_splits(cfg, 75)
+    image_size = get_fusion_config(cfg.models[0]).image_size
+    data, vocab, answers, train, val, test = load_splits(cfg, image_size)
     console.print(f"{len(train)} training images ({train.questions.shape[1]} questions each), "
                   f"{len(test)} test images; answers: {', '.join(answers)}")
     if len(data.skips):
@@ -107,7 +106,7 @@ def run_lab(cfg: LabConfig) -> dict:
         fusion = "late" if name == "image-only" else name
         console.print(f"[bold]training {key}[/] for {cfg.time_budget:.0f}s")
         torch.manual_seed(cfg.seed)
-        model = create_vqa_model(fusion, vocab, answers)
+        model = create_vqa_model(fusion, vocab, answers)  # the same seed: the same initial encoders
         tcfg = VQATrainConfig(out=str(out / key), time_budget=cfg.time_budget, epochs=10_000,
                               batch_images=cfg.batch_images, lr=cfg.lr, image_dropout=dropout,
                               question_dropout=1.0 if name == "image-only" else dropout,
@@ -125,7 +124,7 @@ def run_lab(cfg: LabConfig) -> dict:
         results["models"][key] = entry
         acc = entry["test"][conditions[0]]
         console.print(f"{key}: relational {acc.get('relational', 0):.3f}, non-relational {acc.get('non-relational', 0):.3f}")
-    if any(getattr(create_vqa_model(m, vocab, answers), "has_attention", False) for m in cfg.models):
+    if any(FUSIONS.get(get_fusion_config(m).fusion).has_attention for m in cfg.models):
         results["attention_examples"] = _attention_examples(results, test, out)
     write_results(results, out)
     return results

@@ -13,7 +13,7 @@ learns to answer from what is left.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +42,6 @@ class VQATrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def blank_images(images: torch.Tensor) -> torch.Tensor:
