@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000, help="test images (the paper: 200)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy shared machine)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-vqa"))
+    ap.add_argument("--reuse-target", action="store_true", help="reuse OUT/target/results.json if it exists")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -54,7 +55,12 @@ def main() -> None:
                         eval_every=max(30.0, budget / 15), **kw)
         return run_lab(cfg)
 
-    target = lab("target", [args.model], args.budget, baselines=True)
+    previous = args.out / "target" / "results.json"
+    if args.reuse_target and previous.exists():  # e.g. after an interruption in the later parts
+        target = json.loads(previous.read_text())
+        console.print(f"reusing the target run in {previous}")
+    else:
+        target = lab("target", [args.model], args.budget, baselines=True)
     late = lab("late", ["late"], args.baseline_budget, baselines=False)
     drop = lab("dropout", [args.model], args.dropout_budget, baselines=False, modality_dropout=args.dropout)
 
@@ -72,7 +78,7 @@ def main() -> None:
         table.add_column(col)
     table.add_row(f"{args.model}: relational / non-relational (test)", ">= 94 % / >= 98 % in 30 min",
                   f"{100 * acc['relational']:.1f} % / {100 * acc['non-relational']:.1f} % after {t['train_seconds'] / 60:.1f} min "
-                  f"training ({t['wall_seconds'] / 60:.1f} min wall)")
+                  f"training ({t['wall_seconds'] / 60:.1f} min wall)" if t.get("wall_seconds") else "")
     table.add_row("  first validation point at both targets", "", f"{first_hit / 60:.1f} min" if first_hit else "not reached")
     table.add_row("  question-only / image-only baselines", "", " / ".join(
         f"{100 * target['baselines'][k]['relational']:.1f} % / {100 * target['baselines'][k]['non-relational']:.1f} %"
