@@ -21,6 +21,11 @@ app.add_typer(export_app, name="export")
 app.add_typer(lora_app, name="lora")
 console = Console()
 
+from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
+
+data_app.command("sort-of-clevr")(sort_of_clevr)
+app.add_typer(lab_app, name="lab")
+
 
 def parse_duration(text: str | None) -> float | None:
     """'180', '180s', '3m', '1.5h' -> seconds."""

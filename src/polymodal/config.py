@@ -72,7 +72,8 @@ def _tuples(d: dict) -> dict:
 
 MODEL_CONFIGS: Registry[Path] = Registry("model")
 for _path in sorted(CONFIG_DIR.glob("*.json")):
-    MODEL_CONFIGS.register(_path.stem, _path)
+    if not _path.stem.startswith("vqa-"):  # fusion (VQA) presets: polymodal.models.fusion
+        MODEL_CONFIGS.register(_path.stem, _path)
 
 
 def list_models(pattern: str = "*") -> list[str]:

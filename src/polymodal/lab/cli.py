@@ -1,0 +1,90 @@
+"""`polymodal data sort-of-clevr` and `polymodal lab vqa [explain]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+lab_app = typer.Typer(no_args_is_help=True, help="Experiments that train, compare and report (VQA fusion).")
+vqa_app = typer.Typer(invoke_without_command=True, help="VQA fusion lab on Sort-of-CLEVR.")
+lab_app.add_typer(vqa_app, name="vqa")
+
+
+def sort_of_clevr(
+    out: Path = typer.Argument(..., help="Directory to write (images/, manifest.jsonl, dataset.json)."),
+    n: int = typer.Option(9800, "--n", help="Training images (the paper: 9,800)."),
+    val: int = typer.Option(200, help="Validation images."),
+    test: int = typer.Option(200, help="Test images (the paper: 200)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
+):
+    """Generate Sort-of-CLEVR: 75x75 images of 6 coloured squares/circles, 10 relational and 10
+    non-relational questions per image (text + the paper's 11-number encoding)."""
+    from ..data.synthetic.sort_of_clevr import SortOfClevrConfig, generate
+
+    if min(n, val, test) < 0 or n + test == 0:
+        raise typer.BadParameter("counts must be >= 0")
+    generate(out, SortOfClevrConfig(n_train=n, n_val=val, n_test=test, seed=seed))
+    console.print(f"wrote {n + val + test} images with 20 questions each to {out}")
+
+
+@vqa_app.callback()
+def vqa(
+    ctx: typer.Context,
+    data: Path = typer.Option(Path("data/sort-of-clevr"), help="VQA dataset; generated (Sort-of-CLEVR) if missing."),
+    model: Optional[List[str]] = typer.Option(None, help="late, early, film, xattn or rn (repeatable)."),
+    all_models: bool = typer.Option(False, "--all", help="Every fusion model."),
+    out: Path = typer.Option(Path("runs/lab-vqa"), help="Where checkpoints, results.* and report.html go."),
+    time_budget: str = typer.Option("5m", help="Training time per model (e.g. 90s, 5m, 30m)."),
+    modality_dropout: float = typer.Option(0.0, min=0.0, max=1.0,
+                                           help="Also train each model with this modality dropout and compare."),
+    baselines: bool = typer.Option(True, help="Question-only and image-only baselines."),
+    batch_images: int = typer.Option(32, min=1, help="Images per step (each with all its questions)."),
+    lr: float = typer.Option(2e-3),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads (on a busy shared machine 1 can be "
+                                                           "several times faster than 2)."),
+):
+    """Train fusion models, evaluate per question type and with a missing modality, write a report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..cli import parse_duration
+    from .vqa import MODELS, LabConfig, run_lab
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    models = list(MODELS) if all_models else list(model or [])
+    if not models:
+        raise typer.BadParameter("give --model (late, early, film, xattn, rn) or --all")
+    if not data.exists():
+        from ..data.synthetic.sort_of_clevr import SortOfClevrConfig, generate
+
+        console.print(f"{data} does not exist: generating Sort-of-CLEVR there")
+        generate(data, SortOfClevrConfig())
+    cfg = LabConfig(data=str(data), out=str(out), models=models, time_budget=parse_duration(time_budget),
+                    modality_dropout=modality_dropout, baselines=baselines, batch_images=batch_images, lr=lr,
+                    seed=seed, device=device)
+    run_lab(cfg)
+    console.print((out / "results.md").read_text())
+    console.print(f"[bold green]report:[/] {out / 'report.html'}")
+
+
+@vqa_app.command("explain")
+def explain_cmd(
+    checkpoint: Path = typer.Argument(..., help="A VQA checkpoint (e.g. runs/lab-vqa/xattn)."),
+    image: Path = typer.Argument(..., help="Image file."),
+    question: str = typer.Argument(..., help="e.g. 'what is the shape of the object closest to the red object?'"),
+    out: Path = typer.Option(Path("attention.png"), help="PNG to write."),
+):
+    """Answer a question about an image and write the attention over the image as a heat map."""
+    from ..models.fusion import load_vqa
+    from .explain import explain
+
+    result = explain(load_vqa(checkpoint), image, question, out)
+    console.print(f"answer: [bold]{result['answer']}[/] ({result['probability']:.0%}); heat map: {out}")

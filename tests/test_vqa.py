@@ -1,0 +1,164 @@
+import json
+
+import pytest
+import torch
+
+from polymodal.data.formats import load_records
+from polymodal.data.synthetic.sort_of_clevr import ANSWERS, SortOfClevrConfig, answer, encode, generate
+from polymodal.data.vqa import QuestionVocab, answer_vocabulary, vqa_tensors
+from polymodal.models.fusion import create_vqa_model, list_vqa_models, load_vqa, save_vqa
+
+MODELS = [name[len("vqa-"):] for name in list_vqa_models()]
+
+
+@pytest.fixture(scope="module")
+def soc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("soc")
+    generate(out, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1), progress=False)
+    return out
+
+
+def test_generator_is_deterministic_and_answers_follow_the_scene(soc, tmp_path):
+    again = tmp_path / "again"
+    generate(again, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1), progress=False)
+    assert (soc / "manifest.jsonl").read_text() == (again / "manifest.jsonl").read_text()
+    assert (soc / "images/000007.png").read_bytes() == (again / "images/000007.png").read_bytes()
+
+    data = load_records(soc)
+    assert data.splits == {"train": 40, "val": 4, "test": 8}
+    kinds = set()
+    for rec in data.records:
+        objects, questions = rec.attributes["objects"], rec.attributes["questions"]
+        assert len(objects) == 6 and len(questions) == 20
+        assert sum(q["relational"] for q in questions) == 10
+        for q in questions:
+            # Recompute from the stored scene, independently of the generator's own answer().
+            me = next(o for o in objects if o["colour"] == q["colour"])
+            d = {id(o): (o["x"] - me["x"]) ** 2 + (o["y"] - me["y"]) ** 2 for o in objects if o is not me}
+            others = [o for o in objects if o is not me]
+            expected = {
+                "shape": me["shape"], "left": "yes" if me["x"] < 37.5 else "no", "top": "yes" if me["y"] < 37.5 else "no",
+                "closest": min(others, key=lambda o: d[id(o)])["shape"],
+                "furthest": max(others, key=lambda o: d[id(o)])["shape"],
+                "count": str(sum(o["shape"] == me["shape"] for o in objects)),
+            }[q["subtype"]]
+            assert q["answer"] == expected == answer(objects, q["colour"], q["subtype"])
+            assert q["encoding"] == encode(q["colour"], q["subtype"]) and sum(q["encoding"]) == 3
+            assert q["colour"] in q["text"]
+            kinds.add(q["subtype"])
+        assert rec.text == [q["text"] for q in questions] and rec.labels == [q["answer"] for q in questions]
+    assert kinds == {"shape", "left", "top", "closest", "furthest", "count"}
+    # The pixels show the scene: the centre of every object has its colour.
+    from PIL import Image
+
+    rec = data.records[0]
+    img = Image.open(soc / rec.image)
+    assert img.size == (75, 75)
+    from polymodal.data.synthetic.sort_of_clevr import COLOURS
+
+    for o in rec.attributes["objects"]:
+        assert img.getpixel((o["x"], o["y"])) == COLOURS[o["colour"]]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_fusion_model_forward_backward_save_load(name, soc, tmp_path):
+    data = load_records(soc).split("train")
+    vocab = QuestionVocab.build(t for r in data for t in r.text)
+    answers = answer_vocabulary(data)
+    assert answers == list(ANSWERS)
+    batch = vqa_tensors(data, vocab, answers, 75).subset(3)
+    torch.manual_seed(0)
+    model = create_vqa_model(name, vocab, answers)
+    out = model(batch.images, batch.questions)
+    assert out["logits"].shape == (3, 20, len(answers))
+    if model.has_attention:
+        assert out["attention"].shape == (3, 20, model.n_regions)
+        assert torch.allclose(out["attention"].sum(-1), torch.ones(3, 20), atol=1e-4)
+    torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), batch.answers.flatten()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads), "every parameter takes part"
+    assert all(g.abs().sum() > 0 for g in (model.image_encoder.cnn[0].weight.grad, model.question_encoder.embed.weight.grad))
+
+    model.eval()
+    save_vqa(model, tmp_path / "m")
+    again = load_vqa(tmp_path / "m")
+    assert torch.allclose(model(batch.images, batch.questions)["logits"], again(batch.images, batch.questions)["logits"], atol=1e-5)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["fusion"]["fusion"] == name
+
+
+@pytest.mark.slow
+def test_short_training_beats_the_majority_answer(soc, tmp_path):
+    from polymodal.evaluate.vqa import evaluate_vqa
+    from polymodal.train.vqa import VQATrainConfig, train_vqa
+
+    generate(tmp_path / "d", SortOfClevrConfig(n_train=240, n_val=0, n_test=60, seed=2), progress=False)
+    data = load_records(tmp_path / "d")
+    vocab = QuestionVocab.build(t for r in data.split("train") for t in r.text)
+    train = vqa_tensors(data.split("train"), vocab, list(ANSWERS), 75)
+    test = vqa_tensors(data.split("test"), vocab, list(ANSWERS), 75)
+    torch.manual_seed(0)
+    model = create_vqa_model("xattn", vocab, list(ANSWERS))
+    result = train_vqa(model, train, VQATrainConfig(out=str(tmp_path / "m"), epochs=4, batch_images=16, lr=3e-3,
+                                                    progress=False))
+    assert result["steps"] == 60 and (tmp_path / "m" / "model.safetensors").exists()
+    majority = (test.answers == train.answers.flatten().mode().values).float().mean().item()  # about 0.25
+    acc = evaluate_vqa(model, test)["clean"]["overall"]
+    # A few seconds of training learn which answers fit each kind of question (about 0.45-0.5);
+    # the benchmark (benchmarks/vqa_targets.py) is where using the image is measured.
+    assert acc > majority + 0.12, (acc, majority)
+
+
+def test_lab_cli_writes_results_and_explain_writes_a_heat_map(soc, tmp_path):
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "lab"
+    res = runner.invoke(app, ["lab", "vqa", "--data", str(soc), "--model", "xattn", "--time-budget", "2s",
+                              "--out", str(out), "--no-baselines"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    clean = results["models"]["xattn"]["test"]["clean"]
+    assert {"relational", "non-relational", "type/count"} <= set(clean)
+    assert set(results["models"]["xattn"]["test"]) == {"clean", "image blanked", "image noised", "question masked"}
+    assert "<table>" in (out / "report.html").read_text() and (out / "results.md").exists()
+    assert results["attention_examples"] and (out / results["attention_examples"][0]["image"]).exists()
+
+    png = tmp_path / "att.png"
+    res = runner.invoke(app, ["lab", "vqa", "explain", str(out / "xattn"), str(soc / "images/000000.png"),
+                              "is the red object on the left?", "--out", str(png)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 200 and "answer:" in res.output
+
+
+def test_bad_input_gives_one_line_errors(soc, tmp_path, monkeypatch, capsys):
+    from polymodal.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line, however long the path
+
+    def run(*args):
+        monkeypatch.setattr("sys.argv", ["polymodal", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        return err
+
+    assert "unknown VQA model 'nope'" in run("lab", "vqa", "--data", soc, "--model", "nope", "--out", tmp_path / "x")
+    assert "no such VQA checkpoint" in run("lab", "vqa", "explain", tmp_path / "missing", "x.png", "q?")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    model = create_vqa_model("xattn", QuestionVocab.build(["is the red object on the left?"]), list(ANSWERS))
+    save_vqa(model, tmp_path / "m")
+    assert "broken.png: not a readable image" in run("lab", "vqa", "explain", tmp_path / "m", tmp_path / "broken.png",
+                                                     "is the red object on the left?")
+    save_vqa(create_vqa_model("late", model.vocab, list(ANSWERS)), tmp_path / "late")
+    assert "no attention" in run("lab", "vqa", "explain", tmp_path / "late", soc / "images/000000.png", "is it?")
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    (captions / "manifest.jsonl").write_text("".join(
+        json.dumps({"id": s, "split": s, "image": str(soc / "images/000000.png"), "text": "a scene"}) + "\n"
+        for s in ("train", "test")))
+    assert "no records with an image and attributes.questions" in run("lab", "vqa", "--data", captions, "--model", "rn")
