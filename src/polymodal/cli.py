@@ -17,6 +17,12 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert
 app.add_typer(data_app, name="data")
 console = Console()
 
+from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine's commands)
+
+app.add_typer(index_app, name="index")
+app.command("search")(search_cmd)
+app.command("serve")(serve_cmd)
+
 
 def parse_duration(text: str | None) -> float | None:
     """'180', '180s', '3m', '1.5h' -> seconds."""

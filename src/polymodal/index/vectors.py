@@ -1,0 +1,197 @@
+"""The searchable vector structures, all FAISS indexes over inner product (= cosine on unit vectors).
+
+kinds:
+- `flat`: exact. FAISS stores the vectors; queries are scored with BLAS matrix products over that
+  storage, chunk by chunk (FAISS's own flat search was slower than plain NumPy on this CPU, for
+  single queries and batches alike: see benchmarks/search_exact.py).
+- `sq8`, `fp16`: compressed exact scans (8-bit scalar quantisation, float16), split across threads.
+- `hnsw`: a graph (HNSWFlat), for large collections.
+- `ivfpq`: inverted lists of product-quantised codes, re-ranked exactly, for very large ones.
+
+Row i of the FAISS index holds the item whose id is `ids[i]`; both are saved side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..utils import atomic_path
+
+KINDS = ("auto", "flat", "sq8", "fp16", "hnsw", "ivfpq")
+# `auto` stays exact up to this many vectors (about 0.1 s a query at 1M x 512 on 2 cores), then HNSW.
+AUTO_EXACT_LIMIT = 1_000_000
+AUTO_HNSW_LIMIT = 10_000_000
+
+
+def resolve_kind(kind: str, count: int) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind '{kind}' (one of {', '.join(KINDS)})")
+    if kind != "auto":
+        return kind
+    return "flat" if count <= AUTO_EXACT_LIMIT else "hnsw" if count <= AUTO_HNSW_LIMIT else "ivfpq"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise RuntimeError("the search engine needs FAISS: pip install 'polymodal[search]'") from None
+    return faiss
+
+
+@dataclass
+class BuildOptions:
+    hnsw_m: int = 32  # graph degree: memory grows with it, and so does recall
+    ef_construction: int = 80
+    ef_search: int = 128
+    nlist: int | None = None  # IVF lists (default: about 4 * sqrt(N))
+    nprobe: int = 32
+    pq_m: int | None = None  # PQ sub-quantisers (default: dim / 4 bytes a vector)
+    rerank: int = 10  # IVF-PQ: re-rank rerank * k candidates with the exact vectors
+    threads: int | None = None
+
+
+class VectorIndex:
+    """A FAISS index plus the item id of each row."""
+
+    def __init__(self, index, ids: np.ndarray, kind: str):
+        self.index, self.ids, self.kind = index, ids.astype(np.int64), kind
+        self._flat_view = None
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    # -- build, save, load -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, kind: str = "auto", options: BuildOptions | None = None):
+        """vectors: (N, D) float32 unit rows; ids: (N,) int64."""
+        faiss, opts = _faiss(), options or BuildOptions()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        kind = resolve_kind(kind, n)
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind in ("sq8", "fp16"):
+            qtype = faiss.ScalarQuantizer.QT_8bit if kind == "sq8" else faiss.ScalarQuantizer.QT_fp16
+            index = faiss.IndexScalarQuantizer(d, qtype, ip)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, opts.hnsw_m, ip)
+            index.hnsw.efConstruction = opts.ef_construction
+            index.hnsw.efSearch = opts.ef_search
+        else:  # ivfpq, re-ranked with the exact vectors
+            nlist = opts.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+            pq_m = opts.pq_m or max(1, d // 4)
+            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x8,RFlat", ip)
+        if not index.is_trained:
+            sample = vectors[np.random.default_rng(0).permutation(n)[: 256 * 256]] if n > 256 * 256 else vectors
+            index.train(sample)
+        index.add(vectors)
+        out = cls(index, ids, kind)
+        out.set_search_params(opts)
+        return out
+
+    def set_search_params(self, opts: BuildOptions) -> None:
+        faiss = _faiss()
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = opts.ef_search
+        elif self.kind == "ivfpq":
+            faiss.extract_index_ivf(self.index).nprobe = opts.nprobe
+            self.index.k_factor = opts.rerank
+
+    def save(self, path: Path) -> None:
+        faiss = _faiss()
+        with atomic_path(path.with_suffix(".ids.npy")) as tmp, open(tmp, "wb") as f:
+            np.save(f, self.ids)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
+
+    @classmethod
+    def load(cls, path: Path, kind: str):
+        faiss = _faiss()
+        index = faiss.read_index(str(path))
+        out = cls(index, np.load(path.with_suffix(".ids.npy")), kind)
+        out.set_search_params(BuildOptions())
+        return out
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries: (B, D) -> (scores (B, k'), ids (B, k')), best first; k' = min(k, N)."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self.kind == "flat":
+            scores, rows = self._blas_search(queries, k)
+        elif self.kind in ("sq8", "fp16") and len(queries) == 1:
+            scores, rows = self._threaded_scan(queries, k)
+        else:
+            scores, rows = self.index.search(queries, k)
+        return scores, np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1)
+
+    def _blas_search(self, queries: np.ndarray, k: int):
+        """Exact top-k with BLAS over row chunks of about 4M scores (one chunk for a single query up
+        to 4M rows), merging as it goes: a (100, 1M) score matrix would not fit in cache."""
+        chunk = max(4096, (1 << 22) // len(queries))
+        if self._flat_view is None:  # (N, D) view of FAISS's own storage: no copy
+            faiss = _faiss()
+            self._flat_view = faiss.rev_swig_ptr(self.index.get_xb(), len(self) * self.dim).reshape(len(self), self.dim)
+        best_scores = np.zeros((len(queries), 0), np.float32)
+        best_rows = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(self), chunk):
+            scores = queries @ self._flat_view[start:start + chunk].T  # (B, chunk)
+            top_scores, top_rows = _top_k(scores, min(k, scores.shape[1]))
+            best_scores = np.concatenate([best_scores, top_scores], axis=1)
+            best_rows = np.concatenate([best_rows, top_rows + start], axis=1)
+            if best_scores.shape[1] > k:
+                keep_scores, keep = _top_k(best_scores, k)
+                best_scores, best_rows = keep_scores, np.take_along_axis(best_rows, keep, 1)
+        return best_scores, best_rows
+
+    def _threaded_scan(self, queries: np.ndarray, k: int):
+        """FAISS scans one query on one thread; split the rows across threads (it releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = min(os.cpu_count() or 1, 8)
+        n = len(self)
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        faiss = _faiss()
+
+        def part(i):
+            sel = faiss.SearchParameters(sel=faiss.IDSelectorRange(int(bounds[i]), int(bounds[i + 1])))
+            return self.index.search(queries, k, params=sel)
+
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(part, range(threads)))
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        rows = np.concatenate([p[1] for p in parts], axis=1)
+        best = np.argsort(-scores, axis=1)[:, :k]
+        return np.take_along_axis(scores, best, 1), np.take_along_axis(rows, best, 1)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "count": len(self), "dim": self.dim}
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, N) scores -> the k best of each row, sorted: argpartition, then sort only those k."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (len(scores), 1))
+    top = np.take_along_axis(scores, part, 1)
+    order = np.argsort(-top, axis=1)
+    return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+
+
+def save_json(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
