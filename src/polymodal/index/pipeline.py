@@ -168,16 +168,18 @@ class ShardWriter:
                 continue
             self.buffer.append((item, h, vec))
             self.buffered_hashes.add(h)
-        if len(self.buffer) >= self.shard_size:
-            self.flush()
+        while len(self.buffer) >= self.shard_size:
+            self.flush(self.shard_size)
 
-    def flush(self) -> None:
-        if not self.buffer:
+    def flush(self, count: int | None = None) -> None:
+        """Write the first `count` buffered items (default: all) as one shard."""
+        shard, self.buffer = self.buffer[:count], self.buffer[len(self.buffer[:count]):]
+        if not shard:
             return
-        items, hashes, vecs = zip(*self.buffer)
+        items, hashes, vecs = zip(*shard)
         self.index.write_batch(np.stack(vecs), [i.path for i in items], [i.caption for i in items], list(hashes))
         self.report.added += len(items)
-        self.buffer, self.buffered_hashes = [], set()
+        self.buffered_hashes.difference_update(hashes)
 
 
 # -- the whole build ---------------------------------------------------------------------------------

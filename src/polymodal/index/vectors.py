@@ -89,10 +89,10 @@ class VectorIndex:
             index = faiss.IndexHNSWFlat(d, opts.hnsw_m, ip)
             index.hnsw.efConstruction = opts.ef_construction
             index.hnsw.efSearch = opts.ef_search
-        else:  # ivfpq, re-ranked with the exact vectors
+        else:  # ivfpq, re-ranked with the exact vectors ("np": no polysemous training, minutes saved)
             nlist = opts.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
             pq_m = opts.pq_m or max(1, d // 4)
-            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x8,RFlat", ip)
+            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x8np,RFlat", ip)
         if not index.is_trained:
             sample = vectors[np.random.default_rng(0).permutation(n)[: 256 * 256]] if n > 256 * 256 else vectors
             index.train(sample)
