@@ -22,11 +22,14 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ..index.store import Index, ModelMismatchError
 from . import schemas
 
 STATIC = Path(__file__).parent / "static"
+KNN_SCHEMA = schemas.KnnRequest.model_json_schema()
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,18 @@ def create_app(cfg: ServerConfig, model=None) -> FastAPI:
     def indices_list() -> List[str]:
         return [engine.name]
 
-    @app.post("/knn-service", dependencies=[Depends(require_key)])
-    def knn_service(body: schemas.KnnRequest, request: Request):
+    @app.post("/knn-service", dependencies=[Depends(require_key)],
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": KNN_SCHEMA}}}})
+    async def knn_service(request: Request):
         """clip-retrieval's query: text, base64 image or an embedding -> [{id, similarity, url, caption}]."""
+        # Parsed by hand: ClipClient posts its JSON without a Content-Type header.
+        try:
+            body = schemas.KnnRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            raise HTTPException(422, f"not a knn-service request: {err.errors()[0]['msg']}") from None
+        return await run_in_threadpool(knn_search, body, request)
+
+    def knn_search(body: schemas.KnnRequest, request: Request) -> list[dict]:
         if body.indice_name not in (None, engine.name):
             raise HTTPException(404, f"unknown index '{body.indice_name}' (this server has '{engine.name}')")
         if body.modality != "image":
