@@ -3,9 +3,11 @@
 kinds:
 - `flat`: exact. Queries are scored with BLAS matrix products over the vectors, chunk by chunk (FAISS's own flat search was slower than plain NumPy on this CPU, for
   single queries and batches alike: see benchmarks/search_exact.py).
-- `sq8`, `fp16`: compressed exact scans (8-bit scalar quantisation, float16), split across threads.
+- `fp16`: a compressed scan (float16 codes: half the memory), split across threads.
+- `sq8`: a faster compressed scan (8-bit scalar quantisation) for 10 * k candidates, re-ranked
+  exactly with float32 copies (FAISS's "SQ8,RFlat"): for speed, not memory.
 - `hnsw`: a graph (HNSWFlat), for large collections.
-- `ivfpq`: inverted lists of product-quantised codes, re-ranked exactly, for very large ones.
+- `ivfpq`: inverted lists of product-quantised codes, re-ranked with float16 copies, for very large ones.
 
 Row i of the FAISS index holds the item whose id is `ids[i]`; both are saved side by side.
 """
@@ -50,8 +52,8 @@ class BuildOptions:
     ef_search: int = 128
     nlist: int | None = None  # IVF lists (default: about 4 * sqrt(N))
     nprobe: int = 32
-    pq_m: int | None = None  # PQ sub-quantisers (default: dim / 4 bytes a vector)
-    rerank: int = 10  # IVF-PQ: re-rank rerank * k candidates with the exact vectors
+    pq_m: int | None = None  # PQ bytes a vector (default: dim / 8)
+    rerank: int = 10  # ivfpq, sq8: re-rank rerank * k candidates (float16 / float32 copies of the vectors)
     threads: int | None = None
 
 
@@ -82,17 +84,18 @@ class VectorIndex:
         ip = faiss.METRIC_INNER_PRODUCT
         if kind == "flat":
             return cls(None, ids, kind, matrix=vectors.copy())
-        if kind in ("sq8", "fp16"):
-            qtype = faiss.ScalarQuantizer.QT_8bit if kind == "sq8" else faiss.ScalarQuantizer.QT_fp16
-            index = faiss.IndexScalarQuantizer(d, qtype, ip)
+        if kind == "fp16":
+            index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, ip)
+        elif kind == "sq8":
+            index = faiss.index_factory(d, "SQ8,RFlat", ip)
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, opts.hnsw_m, ip)
             index.hnsw.efConstruction = opts.ef_construction
             index.hnsw.efSearch = opts.ef_search
-        else:  # ivfpq, re-ranked with the exact vectors ("np": no polysemous training, minutes saved)
+        else:  # ivfpq, re-ranked with float16 vectors ("np": no polysemous training, minutes saved)
             nlist = opts.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
-            pq_m = opts.pq_m or max(1, d // 4)
-            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x8np,RFlat", ip)
+            pq_m = opts.pq_m or max(1, d // 8)
+            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x8np,Refine(SQfp16)", ip)
         if not index.is_trained:
             sample = vectors[np.random.default_rng(0).permutation(n)[: 256 * 256]] if n > 256 * 256 else vectors
             index.train(sample)
@@ -107,6 +110,7 @@ class VectorIndex:
             self.index.hnsw.efSearch = opts.ef_search
         elif self.kind == "ivfpq":
             faiss.extract_index_ivf(self.index).nprobe = opts.nprobe
+        if self.kind in ("ivfpq", "sq8"):
             self.index.k_factor = opts.rerank
 
     def save(self, path: Path) -> None:
@@ -142,8 +146,10 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.kind == "flat":
             scores, rows = self._blas_search(queries, k)
-        elif self.kind in ("sq8", "fp16") and len(queries) == 1:
-            scores, rows = self._threaded_scan(queries, k)
+        elif self.kind == "fp16" and len(queries) == 1:
+            scores, rows = self._threaded_scan(self.index, queries, k)
+        elif self.kind == "sq8" and len(queries) == 1:
+            scores, rows = self._rerank(queries, self._threaded_scan(self.index.base_index, queries, int(self.index.k_factor * k))[1], k)
         else:
             scores, rows = self.index.search(queries, k)
         return scores, np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1)
@@ -166,7 +172,17 @@ class VectorIndex:
                 best_scores, best_rows = keep_scores, np.take_along_axis(best_rows, keep, 1)
         return best_scores, best_rows
 
-    def _threaded_scan(self, queries: np.ndarray, k: int):
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int):
+        """Exact scores of (1, C) candidate rows from the float32 copies of the refine index."""
+        faiss = _faiss()
+        flat = faiss.downcast_index(self.index.refine_index)
+        rows = faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.dim).reshape(len(self), self.dim)
+        cand = candidates[0][candidates[0] >= 0]
+        scores = rows[cand] @ queries[0]  # (C,)
+        best = np.argsort(-scores)[:k]
+        return scores[best][None], cand[best][None]
+
+    def _threaded_scan(self, index, queries: np.ndarray, k: int):
         """FAISS scans one query on one thread; split the rows across threads (it releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -177,7 +193,7 @@ class VectorIndex:
 
         def part(i):
             sel = faiss.SearchParameters(sel=faiss.IDSelectorRange(int(bounds[i]), int(bounds[i + 1])))
-            return self.index.search(queries, k, params=sel)
+            return index.search(queries, k, params=sel)
 
         with ThreadPoolExecutor(threads) as pool:
             parts = list(pool.map(part, range(threads)))

@@ -1,0 +1,144 @@
+"""Approximate search (HNSW, IVF-PQ) against exact search, on two data sets of 512-d unit vectors:
+
+- real: image embeddings of ShapesWorld from a quickly trained polymodal model (embed_dim 512),
+  each base image with perturbed copies to reach the size; queries are text embeddings of test
+  captions (text -> image search, the everyday use);
+- uniform: random unit vectors, the known worst case for every ANN method.
+
+For each index: build time, memory per vector (the index file / N), recall@10 against exact, and
+the single-query speed-up over polymodal's exact search, measured query by query, interleaved.
+
+    .venv/bin/python benchmarks/search_ann.py --sizes 1000000              # about 30+ min on 2 cores
+    .venv/bin/python benchmarks/search_ann.py --sizes 100000 --kinds ivfpq
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from polymodal.index.vectors import BuildOptions, VectorIndex
+
+
+def real_embeddings(work: Path, n_base: int, train_seconds: float, dim: int, n_queries: int):
+    """(base (n_base, dim), {"text": (Q, dim), "image": (Q, dim)}) from a model trained here for a
+    minute; cached in `work` (delete it to retrain)."""
+    cache = work / f"embeddings-{n_base}-{train_seconds:g}-{dim}-{n_queries}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return z["base"], {"text": z["text"], "image": z["image"]}
+    import polymodal
+    from polymodal.config import get_model_config
+    from polymodal.data import load_records
+    from polymodal.data.synthetic.shapes import ShapesConfig, generate
+    from polymodal.train.loop import TrainConfig, train
+
+    data = work / "shapes"
+    generate(data, ShapesConfig(n_train=n_base, n_val=200, n_test=n_queries, n_unseen=0, seed=7), progress=False)
+    config = work / "model.json"
+    preset = get_model_config("shapes-cnn-tiny")
+    preset.embed_dim = dim
+    config.write_text(json.dumps(preset.to_dict()))
+    train(TrainConfig(data=str(data), out=str(work / "model"), model=str(config), epochs=100,
+                      time_budget=train_seconds, eval_images=0, progress=False))
+    model = polymodal.load(work / "model")
+    records = load_records(data)
+    base = model.encode_image([records.path(r.image) for r in records.split("train")]).numpy()
+    test = records.split("test").records[:n_queries]
+    queries = {"text": model.encode_text([r.text[0] for r in test]).numpy(),  # text -> image search
+               "image": model.encode_image([records.path(r.image) for r in test]).numpy()}  # unseen images
+    np.savez(cache, base=base, **queries)
+    return base, queries
+
+
+def perturbed_copies(base: np.ndarray, n: int, noise: float, rng) -> np.ndarray:
+    """n unit vectors: base rows plus Gaussian noise (relative size `noise`), renormalised."""
+    out = np.empty((n, base.shape[1]), np.float32)
+    for i in range(0, n, 100_000):
+        rows = base[np.arange(i, min(i + 100_000, n)) % len(base)]
+        rows = rows + noise / np.sqrt(base.shape[1]) * rng.standard_normal(rows.shape, dtype=np.float32)
+        out[i:i + len(rows)] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def unit(rng, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def evaluate(x: np.ndarray, query_sets: dict, kinds: list[str], settings: dict, k: int = 10) -> list[dict]:
+    ids = np.arange(len(x), dtype=np.int64)
+    exact = VectorIndex.build(x, ids, "flat")
+    truths = {qname: exact.search(queries, k)[1] for qname, queries in query_sets.items()}
+    rows = []
+    for kind in kinds:
+        start = time.perf_counter()
+        index = VectorIndex.build(x, ids, kind)
+        build_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            index.save(Path(tmp) / "v.faiss")
+            size = (Path(tmp) / "v.faiss").stat().st_size + 8 * len(x)
+        for (name, value), (qname, queries) in ((s, q) for q in query_sets.items() for s in settings[kind]):
+            index.set_search_params(BuildOptions(**{name: value}))
+            lat_exact, lat_ann, found = [], [], []
+            for q in queries:  # interleaved: the machine's other load falls on both alike
+                t0 = time.perf_counter()
+                exact.search(q[None], k)
+                t1 = time.perf_counter()
+                found.append(index.search(q[None], k)[1][0])
+                lat_ann.append(time.perf_counter() - t1)
+                lat_exact.append(t1 - t0)
+            recall = np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truths[qname])])
+            rows.append({"queries": qname, "kind": kind, "setting": f"{name}={value}", "recall": recall,
+                         "p50_ms": 1000 * np.median(lat_ann), "speedup": np.median(lat_exact) / np.median(lat_ann),
+                         "bytes": size / len(x), "build_s": build_s})
+        del index
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000")
+    parser.add_argument("--kinds", default="ivfpq,hnsw")
+    parser.add_argument("--data", default="real,uniform")
+    parser.add_argument("--base", type=int, default=20000, help="distinct ShapesWorld images (real data)")
+    parser.add_argument("--noise", type=float, default=0.2, help="relative size of the perturbation of copies")
+    parser.add_argument("--work", default="/tmp/polymodal-bench-ann", help="cache of the trained embeddings")
+    parser.add_argument("--train-seconds", type=float, default=60)
+    parser.add_argument("--queries", type=int, default=100)
+    args = parser.parse_args()
+    settings = {"hnsw": [("ef_search", e) for e in (32, 64, 128, 256)],
+                "ivfpq": [("nprobe", p) for p in (8, 16, 32, 64)]}
+    kinds = args.kinds.split(",")
+    rng = np.random.default_rng(0)
+    print("machine shared with other jobs; ANN and exact timed query by query, interleaved")
+    real = None
+    if "real" in args.data:
+        start = time.perf_counter()
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        real = real_embeddings(Path(args.work), args.base, args.train_seconds, 512, args.queries)
+        print(f"real embeddings: {args.base} ShapesWorld images, model trained {args.train_seconds:.0f}s "
+              f"({time.perf_counter() - start:.0f}s with data and encoding, or from the cache)")
+    for n in (int(s) for s in args.sizes.split(",")):
+        for data in args.data.split(","):
+            if data == "real":
+                x, query_sets = perturbed_copies(real[0], n, args.noise, rng), real[1]
+            else:
+                x, query_sets = unit(rng, n, 512), {"random": unit(rng, args.queries, 512)}
+            rows = evaluate(x, query_sets, kinds, settings)
+            print(f"\n{data}: {n:,} x 512, k=10")
+            print(f"{'queries':<8}{'index':<7}{'setting':<15}{'recall@10':>10}{'p50 ms':>9}{'x exact':>9}"
+                  f"{'bytes/vec':>11}{'build s':>9}")
+            for r in sorted(rows, key=lambda r: r["queries"]):
+                print(f"{r['queries']:<8}{r['kind']:<7}{r['setting']:<15}{r['recall']:>10.3f}{r['p50_ms']:>9.2f}"
+                      f"{r['speedup']:>9.1f}{r['bytes']:>11.0f}{r['build_s']:>9.0f}", flush=True)
+            del x
+
+
+if __name__ == "__main__":
+    main()
