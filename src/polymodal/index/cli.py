@@ -77,8 +77,9 @@ def remove_cmd(
     with Index.open(index) as idx:
         targets = [str(p.resolve()) for p in paths]
         under = [t for t, p in zip(targets, paths) if p.is_dir()]
-        matches = {r[0] for t in under for r in idx.db.execute("SELECT path FROM items WHERE path LIKE ?",
-                                                                (t.rstrip("/") + "/%",))}
+        prefixes = [t.rstrip("/") + "/" for t in under]
+        matches = {r[0] for p in prefixes for r in idx.db.execute(
+            "SELECT path FROM items WHERE substr(path, 1, ?) = ?", (len(p), p))}
         removed = idx.remove(sorted(set(targets) | matches))
         console.print(f"removed {removed} item(s); index holds {len(idx)}")
 

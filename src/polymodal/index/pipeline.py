@@ -237,6 +237,9 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
             rate = done / max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=len(batch.items), description=f"indexing {rate:,.0f} items/s")
         writer.flush()
+        if report.added or not (Path(cfg.out) / "vectors.faiss").exists():
+            bar.update(task, description="building the FAISS index")
+            index.vectors()  # now, so that the first query does not pay for it (HNSW takes minutes at 1M)
     report.total = len(index)
     index.close()
     return report

@@ -51,6 +51,7 @@ def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig) -> I
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # The pending list lives on the driver (about 200 bytes an item); Ray streams the batches.
     rows = [{"path": item.path, "caption": item.caption or ""} for batch in batches for item in batch]
     if not rows:
         return

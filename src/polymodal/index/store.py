@@ -242,9 +242,10 @@ class Index:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim:
             raise ModelMismatchError(f"{self.root}: query of dim {queries.shape[1]}, index dim {self.dim}")
-        if len(self) == 0:
+        vectors = self.vectors()
+        if len(vectors) == 0:
             return [[] for _ in queries]
-        scores, ids = self.vectors().search(queries, k)
+        scores, ids = vectors.search(queries, k)
         meta = self.items(int(i) for i in ids.ravel() if i >= 0)
         return [[Hit(int(i), float(s), *meta[int(i)]) for s, i in zip(srow, irow) if int(i) in meta]
                 for srow, irow in zip(scores, ids)]
