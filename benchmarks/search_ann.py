@@ -72,6 +72,11 @@ def unit(rng, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def print_row(r: dict) -> None:
+    print(f"{r['queries']:<8}{r['kind']:<7}{r['setting']:<20}{r['recall']:>10.3f}{r['p50_ms']:>9.2f}"
+          f"{r['speedup']:>9.1f}{r['bytes']:>11.0f}{r['build_s']:>9.0f}{r['exact_ms']:>10.1f}", flush=True)
+
+
 def exact_latency(exact: VectorIndex, queries: np.ndarray, k: int) -> float:
     """Median single-query time of exact search (ms)."""
     times = []
@@ -112,6 +117,7 @@ def evaluate(x: np.ndarray, query_sets: dict, kinds: list[str], settings: dict, 
             exact_ms = (before + exact_latency(exact, queries, k)) / 2
             for row in kind_rows:
                 row["speedup"], row["exact_ms"] = exact_ms / row["p50_ms"], exact_ms
+                print_row(row)
             rows += kind_rows
         del index
     return rows
@@ -146,14 +152,10 @@ def main() -> None:
                 x, query_sets = perturbed_copies(real[0], n, args.noise, rng), real[1]
             else:
                 x, query_sets = unit(rng, n, 512), {"random": unit(rng, args.queries, 512)}
-            rows = evaluate(x, query_sets, kinds, settings)
             print(f"\n{data}: {n:,} x 512, k=10")
-            print(f"exact single query p50: {rows[0]['exact_ms']:.1f} ms" if rows else "")
             print(f"{'queries':<8}{'index':<7}{'setting':<20}{'recall@10':>10}{'p50 ms':>9}{'x exact':>9}"
-                  f"{'bytes/vec':>11}{'build s':>9}")
-            for r in sorted(rows, key=lambda r: r["queries"]):
-                print(f"{r['queries']:<8}{r['kind']:<7}{r['setting']:<20}{r['recall']:>10.3f}{r['p50_ms']:>9.2f}"
-                      f"{r['speedup']:>9.1f}{r['bytes']:>11.0f}{r['build_s']:>9.0f}", flush=True)
+                  f"{'bytes/vec':>11}{'build s':>9}{'exact ms':>10}")
+            evaluate(x, query_sets, kinds, settings)
             del x
 
 
