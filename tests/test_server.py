@@ -2,7 +2,6 @@
 endpoints (with a request shaped exactly as its ClipClient sends it), bad uploads, the API key."""
 
 import base64
-import io
 import json
 
 import numpy as np

@@ -138,7 +138,7 @@ class Index:
                                      f"got {model_id} (dim {dim})")
 
     def known_paths(self, paths: Sequence[str]) -> set[str]:
-        return self._in_column("path", paths)
+        return {r[0] for r in self._query_in("SELECT path FROM items WHERE path IN ({})", paths)}
 
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
         rows = self._query_in("SELECT hash, path FROM items WHERE hash IN ({})", hashes)
@@ -284,6 +284,3 @@ class Index:
             chunk = values[i:i + 900]
             out += self.db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
         return out
-
-    def _in_column(self, column: str, values: Sequence[str]) -> set[str]:
-        return {r[0] for r in self._query_in(f"SELECT {column} FROM items WHERE {column} IN ({{}})", values)}

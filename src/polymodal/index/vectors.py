@@ -54,7 +54,6 @@ class BuildOptions:
     nprobe: int = 32
     pq_m: int | None = None  # PQ bytes a vector (default: dim / 8)
     rerank: int = 10  # ivfpq, sq8: re-rank rerank * k candidates (float16 / float32 copies of the vectors)
-    threads: int | None = None
 
 
 class VectorIndex:
