@@ -13,17 +13,21 @@ from rich.table import Table
 index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect embedding indexes.")
 console = Console()
 
-RAY_HELP = "Encode on a Ray actor pool: --ray for a local Ray instance, --ray ADDRESS to join a cluster."
+RAY_HELP = "Encode on a Ray actor pool (a local Ray instance unless --ray-address is given)."
+ADDRESS_HELP = "Ray cluster to join (e.g. ray://head:10001 or auto); implies --ray."
 
 
 def _build(source: Path, out: Path, model: Optional[str], kind: str, batch_size: int, shard_size: int,
-           workers: Optional[int], ray: Optional[str], ray_actors: int, strict: bool, device: str) -> None:
+           workers: Optional[int], ray: bool, ray_address: Optional[str], ray_actors: int, strict: bool,
+           device: str) -> None:
     from .pipeline import BuildConfig, build_index
 
     if min(batch_size, shard_size, ray_actors) < 1:
         raise typer.BadParameter("--batch-size, --shard-size and --ray-actors must be >= 1")
     cfg = BuildConfig(source=str(source), out=str(out), model=model, kind=kind, batch_size=batch_size,
-                      shard_size=shard_size, workers=workers, ray=ray, ray_actors=ray_actors, strict=strict, device=device)
+                      shard_size=shard_size, workers=workers,
+                      ray=ray_address or ("local" if ray else None), ray_actors=ray_actors, strict=strict,
+                      device=device)
     report = build_index(cfg)
     console.print(report.summary(), highlight=False)
 
@@ -37,13 +41,14 @@ def build_cmd(
     batch_size: int = typer.Option(64, help="Images a forward pass."),
     shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads (default: cores)."),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", help=RAY_HELP),
+    ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     ray_actors: int = typer.Option(2, help="Model replicas in the Ray actor pool."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable file instead of skipping it."),
     device: str = typer.Option("cpu", help="Device for local encoding."),
 ):
     """Embed a collection into a new index, or resume an interrupted build."""
-    _build(source, out, model, kind, batch_size, shard_size, workers, ray, ray_actors, strict, device)
+    _build(source, out, model, kind, batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
 
 
 @index_app.command("add")
@@ -53,7 +58,8 @@ def add_cmd(
     batch_size: int = typer.Option(64),
     shard_size: int = typer.Option(1024),
     workers: Optional[int] = typer.Option(None),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", help=RAY_HELP),
+    ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     ray_actors: int = typer.Option(2),
     strict: bool = typer.Option(False),
     device: str = typer.Option("cpu"),
@@ -63,7 +69,7 @@ def add_cmd(
 
     if not (index / "manifest.json").is_file():
         Index.open(index)  # raises the one-line "not a polymodal index" error
-    _build(source, index, None, "auto", batch_size, shard_size, workers, ray, ray_actors, strict, device)
+    _build(source, index, None, "auto", batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
 
 
 @index_app.command("remove")
