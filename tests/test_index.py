@@ -205,3 +205,18 @@ def test_ray_build_equals_local_build(built, tmp_path):
         by_path_remote = {remote.item_by_id(int(i))[0]: v for i, v in zip(rid, rvec)}
         for path, vec in by_path_local.items():
             np.testing.assert_allclose(by_path_remote[path], vec, atol=1e-5)
+
+
+def test_cli_remove_a_folder_and_info(built, tmp_path):
+    import shutil
+
+    root, images, _ = built
+    shutil.copytree(root / "idx", tmp_path / "idx")
+    cli = [sys.executable, "-m", "polymodal.cli", "index"]
+    removed = subprocess.run(cli + ["remove", str(tmp_path / "idx"), str(images / "nested")], capture_output=True,
+                             text=True)
+    assert removed.returncode == 0 and "removed 1 item(s); index holds 39" in removed.stdout, removed.stderr
+    info = subprocess.run(cli + ["info", str(tmp_path / "idx"), "--json"], capture_output=True, text=True)
+    assert json.loads(info.stdout)["items"] == 39
+    missing = subprocess.run(cli + ["info", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a polymodal index" in missing.stderr
