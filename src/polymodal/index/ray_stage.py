@@ -7,6 +7,7 @@ the same paths on every node (a shared file system).
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -50,7 +51,8 @@ def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig) -> I
         address = None if cfg.ray in (None, "", "local") else cfg.ray
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = False  # polymodal's own bar counts the items
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     # The pending list lives on the driver (about 200 bytes an item); Ray streams the batches.
     rows = [{"path": item.path, "caption": item.caption or ""} for batch in batches for item in batch]
     if not rows:
