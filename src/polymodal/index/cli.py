@@ -40,7 +40,7 @@ def build_cmd(
     kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw or ivfpq."),
     batch_size: int = typer.Option(64, help="Images a forward pass."),
     shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: cores)."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: cores the encoder leaves free)."),
     ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
     ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     ray_actors: int = typer.Option(2, help="Model replicas in the Ray actor pool."),

@@ -37,7 +37,7 @@ class BuildConfig:
     kind: str = "auto"
     batch_size: int = 64
     shard_size: int = 1024  # items a shard; a kill loses at most one unfinished shard of work
-    workers: int | None = None  # decoding threads (default: cores)
+    workers: int | None = None  # decoding threads (default: cores the encoder leaves free; 0: in line)
     prefetch: int = 4  # batches decoded ahead of the encoder
     ray: str | None = None  # None: encode here; "local" or a Ray address: on a Ray actor pool
     ray_actors: int = 2
@@ -117,8 +117,13 @@ def pending_batches(index: Index, items: Iterable[Item], size: int, report: Buil
 
 
 def encode_local(model, batches: Iterable[list[Item]], workers: int, prefetch: int) -> Iterator[EncodedBatch]:
-    import torch
-
+    """Decode in `workers` threads, a few batches ahead; with 0 workers, decode each batch just
+    before encoding it. When the encoder's threads already take every core (2 cores here), decoding
+    beside them only makes both wait on each other: measured, 0.65 of the encoder-only rate."""
+    if workers == 0:
+        for batch in batches:
+            yield _encode(model, batch, [read_item(item, model.preprocess) for item in batch])
+        return
     with ThreadPoolExecutor(workers) as pool:
         in_flight: deque = deque()
         batches = iter(batches)
@@ -135,11 +140,23 @@ def encode_local(model, batches: Iterable[list[Item]], workers: int, prefetch: i
         while in_flight:
             batch, futures = in_flight.popleft()
             submit_next()
-            results = [f.result() for f in futures]
-            tensors = [t for _, t, err in results if err is None]
-            vectors = (model.encode_image(torch.cat(tensors), batch_size=len(tensors)).cpu().numpy() if tensors
-                       else np.zeros((0, model.embed_dim), np.float32))
-            yield EncodedBatch(batch, [h for h, _, _ in results], [e for _, _, e in results], vectors)
+            yield _encode(model, batch, [f.result() for f in futures])
+
+
+def _encode(model, batch: list[Item], results: list[tuple]) -> EncodedBatch:
+    import torch
+
+    tensors = [t for _, t, err in results if err is None]
+    vectors = (model.encode_image(torch.cat(tensors), batch_size=len(tensors)).cpu().numpy() if tensors
+               else np.zeros((0, model.embed_dim), np.float32))
+    return EncodedBatch(batch, [h for h, _, _ in results], [e for _, _, e in results], vectors)
+
+
+def default_workers() -> int:
+    """Decoding threads: the cores the encoder's threads leave free (0: decode in line)."""
+    import torch
+
+    return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
 # -- writer ------------------------------------------------------------------------------------------
@@ -224,7 +241,8 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
         batches = pending_batches(index, iter_source(cfg.source), cfg.batch_size, report,
                                   on_known=lambda n: bar.advance(task, n))
         if cfg.ray is None:
-            encoded = encode_local(model, batches, cfg.workers or os.cpu_count() or 1, cfg.prefetch)
+            workers = default_workers() if cfg.workers is None else cfg.workers
+            encoded = encode_local(model, batches, workers, cfg.prefetch)
         else:
             from .ray_stage import encode_ray
 
