@@ -18,12 +18,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[all,test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The browser test drives the system's Chromium (Playwright never downloads a browser).
+/usr/bin/chromium:
+	-apt-get update && apt-get install -y chromium
+
+install: $(STAMP) /usr/bin/chromium
 
 demo: $(STAMP)
 	$(VENV)/bin/polymodal demo
 
-test: $(STAMP)
+test: $(STAMP) /usr/bin/chromium
 	$(PY) -m pytest -n 2
 
 bench: $(STAMP)

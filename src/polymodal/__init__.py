@@ -43,4 +43,12 @@ def load_dataset(source: str | Path, format: str = "auto", strict: bool = False,
     return load_records(source, format=format, strict=strict, **options)
 
 
-__all__ = ["__version__", "create_model", "list_models", "load", "load_dataset"]
+def __getattr__(name: str):
+    if name == "Index":  # the persistent embedding index (polymodal.index), imported on first use
+        from .index import Index
+
+        return Index
+    raise AttributeError(f"module 'polymodal' has no attribute '{name}'")
+
+
+__all__ = ["Index", "__version__", "create_model", "list_models", "load", "load_dataset"]

@@ -15,17 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="polymodal: multimodal learning toolkit (shared embedding spaces, retrieval, evaluation).")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert datasets.")
 app.add_typer(data_app, name="data")
-from .backends.cli import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
-
-app.add_typer(export_app, name="export")
-app.add_typer(lora_app, name="lora")
 console = Console()
-
-from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
-
-data_app.command("sort-of-clevr")(sort_of_clevr)
-app.add_typer(lab_app, name="lab")
-
 
 def parse_duration(text: str | None) -> float | None:
     """'180', '180s', '3m', '1.5h' -> seconds."""
@@ -225,6 +215,20 @@ def demo_cmd(
 
     report = run_demo(out, n_train=n_train, n_test=n_test, time_budget=parse_duration(time_budget), model=model)
     console.print(f"[bold green]report:[/] {report}")
+
+
+# Each feature area keeps its commands in its own module; they import their libraries lazily.
+from .backends.cli import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
+from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
+from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
+
+data_app.command("sort-of-clevr")(sort_of_clevr)
+app.add_typer(export_app, name="export")
+app.add_typer(lora_app, name="lora")
+app.add_typer(index_app, name="index")
+app.add_typer(lab_app, name="lab")
+app.command("search")(search_cmd)
+app.command("serve")(serve_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""`polymodal index build|add|remove|info`, `polymodal search` and `polymodal serve`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect embedding indexes.")
+console = Console()
+
+RAY_HELP = "Encode on a Ray actor pool (a local Ray instance unless --ray-address is given)."
+ADDRESS_HELP = "Ray cluster to join (e.g. ray://head:10001 or auto); implies --ray."
+
+
+def _build(source: Path, out: Path, model: Optional[str], kind: str, batch_size: int, shard_size: int,
+           workers: Optional[int], ray: bool, ray_address: Optional[str], ray_actors: int, strict: bool,
+           device: str) -> None:
+    from .pipeline import BuildConfig, build_index
+
+    if min(batch_size, shard_size, ray_actors) < 1:
+        raise typer.BadParameter("--batch-size, --shard-size and --ray-actors must be >= 1")
+    cfg = BuildConfig(source=str(source), out=str(out), model=model, kind=kind, batch_size=batch_size,
+                      shard_size=shard_size, workers=workers,
+                      ray=ray_address or ("local" if ray else None), ray_actors=ray_actors, strict=strict,
+                      device=device)
+    report = build_index(cfg)
+    console.print(report.summary(), highlight=False)
+
+
+@index_app.command("build")
+def build_cmd(
+    source: Path = typer.Argument(..., help="Folder of images (captions from sidecar .txt), an image, or a dataset."),
+    model: str = typer.Option(..., help="Model: a checkpoint directory or anything `polymodal.load` accepts."),
+    out: Path = typer.Option(..., help="Index directory (created; rerun the same command to resume)."),
+    kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw or ivfpq."),
+    batch_size: int = typer.Option(64, help="Images a forward pass."),
+    shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: cores the encoder leaves free)."),
+    ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    ray_actors: int = typer.Option(2, help="Model replicas in the Ray actor pool."),
+    strict: bool = typer.Option(False, help="Stop at the first unreadable file instead of skipping it."),
+    device: str = typer.Option("cpu", help="Device for local encoding."),
+):
+    """Embed a collection into a new index, or resume an interrupted build."""
+    _build(source, out, model, kind, batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
+
+
+@index_app.command("add")
+def add_cmd(
+    index: Path = typer.Argument(..., help="Existing index directory."),
+    source: Path = typer.Argument(..., help="Images, folder or dataset to add."),
+    batch_size: int = typer.Option(64),
+    shard_size: int = typer.Option(1024),
+    workers: Optional[int] = typer.Option(None),
+    ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
+    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    ray_actors: int = typer.Option(2),
+    strict: bool = typer.Option(False),
+    device: str = typer.Option("cpu"),
+):
+    """Add files to an index with the model that built it (files already there are left alone)."""
+    from .store import Index
+
+    if not (index / "manifest.json").is_file():
+        Index.open(index)  # raises the one-line "not a polymodal index" error
+    _build(source, index, None, "auto", batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
+
+
+@index_app.command("remove")
+def remove_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    paths: List[Path] = typer.Argument(..., help="Files (or folders: everything under them) to remove."),
+):
+    """Remove items from an index by path."""
+    from .store import Index
+
+    with Index.open(index) as idx:
+        targets = [str(p.resolve()) for p in paths]
+        under = [t for t, p in zip(targets, paths) if p.is_dir()]
+        prefixes = [t.rstrip("/") + "/" for t in under]
+        matches = {r[0] for p in prefixes for r in idx.db.execute(
+            "SELECT path FROM items WHERE substr(path, 1, ?) = ?", (len(p), p))}
+        removed = idx.remove(sorted(set(targets) | matches))
+        console.print(f"removed {removed} item(s); index holds {len(idx)}")
+
+
+@index_app.command("info")
+def info_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    skipped: bool = typer.Option(False, "--skipped", help="List every skipped file with its reason."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """What an index holds: model, dimension, kind, item counts, skipped files."""
+    from .store import Index
+
+    with Index.open(index) as idx:
+        info = idx.info()
+        if json_out:
+            print(json.dumps(info, indent=2))
+        else:
+            for key, value in info.items():
+                console.print(f"{key:>12}: {value}", highlight=False)
+        if skipped:
+            for path, reason in idx.skipped():
+                console.print(f"  {path}: {reason}", highlight=False)
+
+
+def search_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    query: Optional[str] = typer.Argument(None, help="Text query (or use --image)."),
+    image: Optional[Path] = typer.Option(None, help="Image query: find similar images."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Results."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the one that built the index)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    grid: Optional[Path] = typer.Option(None, help="Also write a contact sheet of the results (PNG)."),
+):
+    """Search an index with a text or an image."""
+    from .. import load
+    from .store import Index
+
+    if (query is None) == (image is None):
+        raise typer.BadParameter("give a text query or --image PATH (one of them)")
+    with Index.open(index) as idx:
+        encoder = load(model or idx.manifest["model"])
+        hits = idx.search(encoder, text=query, image=image, k=k)
+    if json_out:
+        print(json.dumps([h.to_json() for h in hits], indent=2))
+    else:
+        table = Table(title=f"{query!r}" if query else str(image))
+        for col in ("rank", "score", "path", "caption"):
+            table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+        for rank, hit in enumerate(hits, 1):
+            table.add_row(str(rank), f"{hit.score:.3f}", hit.path, hit.caption or "")
+        console.print(table)
+    if grid:
+        from .grid import contact_sheet
+
+        contact_sheet(hits, grid, title=query or f"like {image.name}")
+        if not json_out:
+            console.print(f"grid: {grid}")
+
+
+def serve_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    host: str = typer.Option("127.0.0.1", help="Interface; anything beyond loopback requires --api-key."),
+    port: int = typer.Option(8000),
+    api_key: Optional[str] = typer.Option(None, envvar="POLYMODAL_API_KEY", help="Required in X-API-Key or Bearer."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the one that built the index)."),
+):
+    """Serve an index over HTTP: REST API, OpenAPI docs at /docs, a search page at /."""
+    import uvicorn
+
+    from ..server.app import ServerConfig, create_app
+
+    cfg = ServerConfig(index=str(index), model=model, api_key=api_key, host=host,
+                       max_upload_bytes=int(max_upload_mb * 2**20))
+    app = create_app(cfg)
+    console.print(f"serving {index} on http://{host}:{port}  (docs: /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
