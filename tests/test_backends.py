@@ -190,6 +190,7 @@ def test_onnx_export_matches_pytorch(tmp_path, kind):
         exported = polymodal.backends.onnx.load_onnx(tmp_path / "onnx", int8=int8)
         assert (exported.encode_image(_images(4)) * ref_image).sum(-1).min() >= floor
         assert (exported.encode_text(TEXTS) * ref_text).sum(-1).min() >= floor
+        assert (exported.encode_text(TEXTS[2:]) * ref_text[2:]).sum() >= floor  # a shorter batch than at export
         assert exported.encode_image(torch.zeros(7, 3, 32, 32, dtype=torch.uint8)).shape == (7, model.embed_dim)
     loaded = polymodal.load(tmp_path / "onnx")  # int8 by default when it was exported
     assert loaded.model_id.startswith("onnx-int8:") and loaded.embed_dim == model.embed_dim
@@ -208,3 +209,5 @@ def test_polymodal_checkpoint_exports_to_onnx(tmp_path):
     exported = polymodal.load(tmp_path / "onnx")
     assert (exported.encode_image(_images()) * model.encode_image(_images())).sum(-1).min() >= 0.9999
     assert (exported.encode_text(TEXTS) * model.encode_text(TEXTS)).sum(-1).min() >= 0.9999
+    for text in ["cat", "a photo of two dogs and a cat on the left of the photo"]:  # other lengths than at export
+        assert (exported.encode_text([text]) * model.encode_text([text])).sum() >= 0.9999

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import DataError
@@ -70,14 +71,19 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
     try:
         image = image_spec_of(model)
         pixels = torch.randint(0, 256, (batch, 3, image.image_size, image.image_size), dtype=torch.uint8)
-        ids = model.tokenizer(["a photo of a cat", "two dogs"] * (batch // 2) + ["x"] * (batch % 2))
+        # Traced attention keeps the sequence length of the example as a constant, so the text graph
+        # takes ids padded to the full context; padding does not change any supported tower's output.
+        pad_id = _pad_id(model.tokenizer)
+        ids = _pad_to(model.tokenizer(["a photo of a cat", "two dogs"] * (batch // 2) + ["x"] * (batch % 2)),
+                      model.tokenizer.context_length, pad_id)
         _export(_ImageGraph(model), pixels, tmp / "image.onnx", "pixels")
         _export(_TextGraph(model), ids, tmp / "text.onnx", "ids")
         tokenizer = _save_tokenizer(model, tmp / "tokenizer")
         bias = getattr(model, "logit_bias", None)
         meta = {"model_id": model.model_id, "embed_dim": model.embed_dim, "image": asdict(image),
                 "tokenizer": tokenizer, "similarity_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
-                "logit_bias": None if bias is None else float(bias.detach()), "int8": int8, "opset": OPSET}
+                "logit_bias": None if bias is None else float(bias.detach()), "int8": int8, "opset": OPSET,
+                "text_length": int(ids.shape[1]), "text_pad_id": pad_id}
         if int8:
             for name in ("image", "text"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
@@ -109,6 +115,17 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _pad_id(tokenizer) -> int:
+    """The id that pads a caption: the Hugging Face tokenizer's own, 0 ([PAD]) for polymodal's."""
+    hf = getattr(tokenizer, "tok", None)
+    return int(getattr(hf, "pad_token_id", None) or 0)
+
+
+def _pad_to(ids: torch.Tensor, length: int, pad_id: int) -> torch.Tensor:
+    """(B, L) -> (B, length), padded on the right."""
+    return F.pad(ids, (0, length - ids.shape[1]), value=pad_id) if ids.shape[1] < length else ids
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -229,6 +246,7 @@ class OnnxModel(EncoderInterface):
         return torch.from_numpy(self.image_session.run(None, {"pixels": pixels.numpy()})[0])
 
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = _pad_to(ids, self.meta.get("text_length", 0), self.meta.get("text_pad_id", 0))
         return torch.from_numpy(self.text_session.run(None, {"ids": ids.numpy().astype(np.int64)})[0])
 
     def _similarity_scale(self) -> torch.Tensor:
