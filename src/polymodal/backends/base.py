@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +21,8 @@ from PIL import Image
 from torch import nn
 
 from ..data.schema import DataError
-from ..modalities.image import ImageNormalize, load_image
+from ..modalities.image import ImageNormalize
+from ..models.interface import DualEncoder
 
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS}
@@ -87,51 +86,11 @@ def _quiet():
         yield
 
 
-class EncoderInterface:
-    """`preprocess`, `encode_image`, `encode_text`, `similarity` and `embed_dim` over three hooks
-    that a model implements: `_embed_pixels(uint8 (B, 3, S, S)) -> (B, E)`, `_embed_ids((B, L))
-    -> (B, E)`, `_similarity_scale()`; it also has `config` (a `BackendConfig`) and `tokenizer`."""
-
-    config: BackendConfig
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
-    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the checkpoint's way."""
-        return torch.from_numpy(np.stack([self.config.image.to_uint8(im if isinstance(im, Image.Image)
-                                                                       else load_image(im)) for im in images]))
-
-    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
-        """Images (uint8 or [0, 1] float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
-        if not isinstance(images, torch.Tensor):
-            images = self.preprocess(images)
-        chunks = [self._embed_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
-
-    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Strings (or token ids) -> (B, E) unit vectors."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, torch.Tensor) and any(not t.strip() for t in texts):
-            raise ValueError("empty text: every caption needs at least one word")
-        chunks = []
-        for i in range(0, len(texts), batch_size):
-            part = texts[i:i + batch_size]
-            chunks.append(self._embed_ids(part if isinstance(part, torch.Tensor) else self.tokenizer(list(part))))
-        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
-
-    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
-        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
-        sims = self.encode_image(images) @ self.encode_text(texts).T
-        return (self._similarity_scale() * sims).softmax(dim=-1) if softmax else sims
-
-
-class PretrainedModel(EncoderInterface, nn.Module):
-    """The common interface (`EncoderInterface`, plus the training `forward`) over a reference model. A backend implements `_image_embeds(pixels)`
-    (normalised float pixels -> (B, E) unnormalised), `_text_embeds(ids)`, the `logit_scale` /
-    `logit_bias` properties, `lock(image, text)`, `add_lora(...)` and `save(directory)`."""
+class PretrainedModel(DualEncoder, nn.Module):
+    """The common interface and the training `forward` (`DualEncoder`) over a reference model.
+    A backend implements `_image_embeds(pixels)` (normalised float pixels -> (B, E) unnormalised),
+    `_text_embeds(ids)`, the `logit_scale` / `logit_bias` properties, `lock(image, text)`,
+    `add_lora(...)` and `save(directory)`."""
 
     backend = "?"
 
@@ -156,34 +115,8 @@ class PretrainedModel(EncoderInterface, nn.Module):
         x = self._text_embeds(ids)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
-        """The dict the contrastive losses take (see `polymodal.losses`)."""
-        out = {"image_features": self.image_features(images), "text_features": self.text_features(text),
-               "logit_scale": self.logit_scale.clamp(max=math.log(100))}
-        if negatives is not None:
-            out["negative_features"] = self.text_features(negatives)
-        if self.logit_bias is not None:
-            out["logit_bias"] = self.logit_bias
-        return out
-
-    # -- the common interface (raw inputs: `EncoderInterface`) ----------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
-
-    @torch.inference_mode()
-    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        return self.image_features(pixels.to(self.device)).float().cpu()
-
-    @torch.inference_mode()
-    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        return self.text_features(ids.to(self.device)).float().cpu()
-
-    def _similarity_scale(self) -> torch.Tensor:
-        return self.logit_scale.detach().exp().clamp(max=100).cpu()
+    def _to_uint8(self, image: Image.Image) -> np.ndarray:
+        return self.config.image.to_uint8(image)
 
     # -- fine-tuning -----------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import DataError
-from .base import BackendConfig, EncoderInterface, ImageSpec
+from ..models.interface import EncoderInterface
+from .base import BackendConfig, ImageSpec
 
 ONNX_FILE = "polymodal_onnx.json"
 OPSET = 18
@@ -239,6 +240,9 @@ class OnnxModel(EncoderInterface):
         if str(device) != "cpu":
             raise ValueError(f"{self.model_id}: runs on the CPU through ONNX Runtime (asked for {device})")
         return self
+
+    def _to_uint8(self, image) -> np.ndarray:
+        return self.config.image.to_uint8(image)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.uint8:  # [0, 1] floats, as the PyTorch models also accept

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import torch
 
 from ..data.synthetic import shapes

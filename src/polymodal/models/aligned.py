@@ -3,10 +3,6 @@ space, with a learnable temperature (and a bias for the SigLIP loss)."""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,11 +10,9 @@ from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig
-from ..modalities.image import ImageNormalize, build_image_tower, image_to_uint8, load_image
+from ..modalities.image import ImageNormalize, build_image_tower, image_to_uint8
 from ..modalities.text import Tokenizer, build_text_tower
-
-ImageInput = torch.Tensor | Sequence[Image.Image | str | Path]
-
+from .interface import DualEncoder
 
 def _projection(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
     if not mlp:
@@ -26,7 +20,7 @@ def _projection(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, 2 * out_dim), nn.GELU(), nn.Linear(2 * out_dim, out_dim))
 
 
-class AlignedModel(nn.Module):
+class AlignedModel(DualEncoder, nn.Module):
     """CLIP-style dual encoder.
 
     `forward(images, text_ids)` returns the dict that the losses take; `encode_image` /
@@ -61,69 +55,8 @@ class AlignedModel(nn.Module):
         x = self.text_proj(self.text_tower(ids).pooled)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
-        out = {
-            "image_features": self.image_features(images),  # (B, E)
-            "text_features": self.text_features(text),  # (B, E)
-            "logit_scale": self.logit_scale.clamp(max=math.log(100)),
-        }
-        if negatives is not None:
-            out["negative_features"] = self.text_features(negatives)  # (M, E)
-        if self.logit_bias is not None:
-            out["logit_bias"] = self.logit_bias
-        return out
+    # -- the common interface (raw inputs: `DualEncoder`) -----------------------------------------
 
-    # -- raw inputs ------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.embed_dim
-
-    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or paths -> (B, 3, S, S) uint8, resized and centre-cropped."""
-        size = self.config.image.image_size
-        arrays = [image_to_uint8(im if isinstance(im, Image.Image) else load_image(im), size) for im in images]
-        return torch.from_numpy(np.stack(arrays))
-
-    @torch.inference_mode()
-    def encode_image(self, images: ImageInput, batch_size: int = 256) -> torch.Tensor:
-        """Images (tensor batch, PIL images or paths) -> (B, E) unit vectors."""
-        if not isinstance(images, torch.Tensor):
-            images = self.preprocess(images)
-        self.eval()
-        chunks = [self.image_features(images[i:i + batch_size].to(self.device)).float()
-                  for i in range(0, len(images), batch_size)]
-        return torch.cat(chunks)
-
-    @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Strings (or token ids) -> (B, E) unit vectors."""
-        if isinstance(texts, str):
-            texts = [texts]
-        for t in texts if not isinstance(texts, torch.Tensor) else []:
-            if not t.strip():
-                raise ValueError("empty text: every caption needs at least one word")
-        self.eval()
-        if isinstance(texts, torch.Tensor):
-            return torch.cat([self.text_features(texts[i:i + batch_size].to(self.device)).float()
-                              for i in range(0, len(texts), batch_size)])
-        # Batches of similar length waste little on padding; the order is restored at the end.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.config.embed_dim)
-        for i in range(0, len(texts), batch_size):
-            rows = order[i:i + batch_size]
-            ids = self.tokenizer([texts[r] for r in rows]).to(self.device)
-            out[rows] = self.text_features(ids).float().cpu()
-        return out
-
-    @torch.inference_mode()
-    def similarity(self, images: ImageInput, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
-        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
-        sims = self.encode_image(images) @ self.encode_text(texts).T
-        if softmax:
-            return (self.logit_scale.exp().clamp(max=100) * sims).softmax(dim=-1)
-        return sims
+    def _to_uint8(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> (3, S, S) uint8, resized and centre-cropped."""
+        return image_to_uint8(image, self.config.image.image_size)

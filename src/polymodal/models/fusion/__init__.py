@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ...config import CONFIG_DIR
 from ...data.schema import DataError
 from ...data.vqa import QuestionVocab

@@ -80,7 +80,10 @@ class FusionModel(nn.Module):
         return out
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
-        raise NotImplementedError
+        """The fusion design itself, which each registered subclass defines: regions (B, N, D),
+        question tokens (B, Q, L, D), pooled question (B, Q, D) and its padding mask (B, Q, L) ->
+        fused (B, Q, fused_dim()) and attention over the regions (B, Q, N), or None."""
+        raise NotImplementedError(f"{type(self).__name__} is not a fusion design; use one of {FUSIONS.list()}")
 
 
 @FUSIONS.register("late")

@@ -1,0 +1,99 @@
+"""The common encoder interface that everything `polymodal.load` returns shares.
+
+`EncoderInterface` turns raw inputs (PIL images or paths, strings) into unit vectors over a few
+hooks that each model implements; `DualEncoder` implements those hooks, and the training `forward`,
+for any PyTorch dual encoder with `image_features` / `text_features` / `logit_scale` /
+`logit_bias` (polymodal's own `AlignedModel` and the pretrained backends alike).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..modalities.image import load_image
+
+
+class EncoderInterface:
+    """`preprocess`, `encode_image`, `encode_text`, `similarity` and `embed_dim` over the hooks
+    `_to_uint8(PIL image) -> (3, S, S) uint8`, `_embed_pixels(uint8 (B, 3, S, S)) -> (B, E)`,
+    `_embed_ids((B, L)) -> (B, E)` and `_similarity_scale()`; a model also has `config.embed_dim`
+    and `tokenizer` (list[str] -> (B, L) int64 ids)."""
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """PIL images or paths -> (B, 3, S, S) uint8, resized and cropped the model's way."""
+        return torch.from_numpy(np.stack([self._to_uint8(im if isinstance(im, Image.Image) else load_image(im))
+                                          for im in images]))
+
+    def encode_image(self, images, batch_size: int = 256) -> torch.Tensor:
+        """Images (uint8 or [0, 1] float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(images)
+        chunks = [self._embed_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Strings (or token ids) -> (B, E) unit vectors."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if isinstance(texts, torch.Tensor):
+            chunks = [self._embed_ids(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+            return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+        if any(not t.strip() for t in texts):
+            raise ValueError("empty text: every caption needs at least one word")
+        # Batches of similar length waste little on padding; the order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.embed_dim)
+        for i in range(0, len(texts), batch_size):
+            rows = order[i:i + batch_size]
+            out[rows] = self._embed_ids(self.tokenizer([texts[r] for r in rows]))
+        return out
+
+    def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
+        """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
+        sims = self.encode_image(images) @ self.encode_text(texts).T
+        return (self._similarity_scale() * sims).softmax(dim=-1) if softmax else sims
+
+
+class DualEncoder(EncoderInterface):
+    """The hooks and the training `forward` for a PyTorch module with `image_features(images)`,
+    `text_features(ids)`, `logit_scale` and `logit_bias` (None without SigLIP's bias)."""
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
+        """The dict the contrastive losses take (see `polymodal.losses`)."""
+        out = {
+            "image_features": self.image_features(images),  # (B, E)
+            "text_features": self.text_features(text),  # (B, E)
+            "logit_scale": self.logit_scale.clamp(max=math.log(100)),
+        }
+        if negatives is not None:
+            out["negative_features"] = self.text_features(negatives)  # (M, E)
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @torch.inference_mode()
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        return self.image_features(pixels.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        return self.text_features(ids.to(self.device)).float().cpu()
+
+    def _similarity_scale(self) -> torch.Tensor:
+        return self.logit_scale.detach().exp().clamp(max=100).cpu()
