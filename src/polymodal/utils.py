@@ -38,6 +38,14 @@ def pick_device(name: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def write_json(path: str | Path, obj) -> None:
+    """`obj` as indented JSON at `path`, written whole or not at all."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""

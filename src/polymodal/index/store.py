@@ -21,8 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..data.schema import DataError
-from ..utils import atomic_path
-from .vectors import BuildOptions, VectorIndex, resolve_kind, save_json
+from ..utils import atomic_path, write_json
+from .vectors import BuildOptions, VectorIndex, resolve_kind
 
 FORMAT = "polymodal-index"
 VERSION = 1
@@ -86,7 +86,7 @@ class Index:
         manifest = {"format": FORMAT, "version": VERSION, "model": model, "model_id": model_id, "dim": int(dim),
                     "kind": kind}
         index = cls(root, manifest)
-        save_json(root / "manifest.json", manifest)
+        write_json(root / "manifest.json", manifest)
         return index
 
     @classmethod
@@ -219,7 +219,7 @@ class Index:
             ids, vectors = self.load_vectors()
             self._vectors = VectorIndex.build(vectors, ids, state["kind"], options)
             self._vectors.save(path)
-            save_json(stamp, state)
+            write_json(stamp, state)
         return self._vectors
 
     def load_vectors(self) -> tuple[np.ndarray, np.ndarray]:

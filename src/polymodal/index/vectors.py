@@ -14,7 +14,6 @@ Row i of the FAISS index holds the item whose id is `ids[i]`; both are saved sid
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +209,3 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     top = np.take_along_axis(scores, part, 1)
     order = np.argsort(-top, axis=1)
     return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
-
-
-def save_json(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))

@@ -4,7 +4,6 @@ results.md and report.html (with accuracy curves and attention maps) beside the 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..data.vqa import QuestionVocab, VQATensors, answer_vocabulary, vqa_tensors
 from ..evaluate.vqa import CONDITIONS, accuracy_table, evaluate_vqa, majority_baseline
 from ..models.fusion import FUSIONS, create_vqa_model, get_fusion_config, list_vqa_models
 from ..train.vqa import VQATrainConfig, train_vqa
-from ..utils import atomic_path
+from ..utils import atomic_path, write_json
 
 MODELS = ("late", "early", "film", "xattn", "rn")
 IMAGE_ONLY_BUDGET = 180.0
@@ -201,8 +200,7 @@ def markdown_tables(results: dict) -> str:
 def write_results(results: dict, out: Path) -> None:
     from .report import write_vqa_report
 
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     md = markdown_tables(results)
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(md)

@@ -14,7 +14,7 @@ from ..config import ModelConfig
 from ..data.schema import DataError
 from ..modalities.text import Tokenizer
 from ..models.aligned import AlignedModel
-from ..utils import atomic_path
+from ..utils import atomic_path, write_json
 
 FORMAT_VERSION = 1
 
@@ -34,8 +34,7 @@ def save_checkpoint(model: AlignedModel, directory: str | Path, extra: dict | No
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(_saved_state(model), str(tmp), metadata={"format": "polymodal", "version": str(FORMAT_VERSION)})
     meta = {"polymodal_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
-    with atomic_path(directory / "config.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    write_json(directory / "config.json", meta)
     return directory
 
 

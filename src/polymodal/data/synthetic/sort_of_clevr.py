@@ -12,7 +12,6 @@ encoding (6 colour one-hot, 2 question type, 3 subtype) and as English text. The
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def make_questions(objects: list[dict], rng: np.random.Generator, per_type: int)
 def generate(out: str | Path, config: SortOfClevrConfig, progress: bool = True) -> Path:
     """Write `images/*.png`, `manifest.jsonl` and `dataset.json` to `out`. Image i of the whole
     dataset depends only on (seed, i), so the same config always gives the same files."""
-    from ...utils import atomic_path, progress_bar
+    from ...utils import atomic_path, progress_bar, write_json
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -139,6 +138,5 @@ def generate(out: str | Path, config: SortOfClevrConfig, progress: bool = True) 
     write_manifest(out / "manifest.jsonl", records)
     meta = {"name": "sort-of-clevr", "config": asdict(config), "answers": list(ANSWERS),
             "splits": {s: n for s, n in splits}}
-    with atomic_path(out / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    write_json(out / "dataset.json", meta)
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 from ...config import CONFIG_DIR
 from ...data.schema import DataError
 from ...data.vqa import QuestionVocab
-from ...utils import atomic_path
+from ...utils import atomic_path, write_json
 from .models import FUSIONS, FusionConfig, FusionModel, build_fusion_model
 
 PRESET_PREFIX = "vqa-"
@@ -57,8 +57,7 @@ def save_vqa(model: FusionModel, directory: str | Path, extra: dict | None = Non
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp))
-    with atomic_path(directory / "config.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    write_json(directory / "config.json", meta)
     return directory
 
 
