@@ -2,6 +2,7 @@
 
     python benchmarks/vqa_targets.py [--budget 1800] [--baseline-budget 300] [--dropout-budget 300]
                                      [--n-train 9800] [--threads 2] [--out runs/bench-vqa]
+                                     [--only target|late|dropout] [--reuse]
 
 1. cross-attention (xattn) from pixels for --budget seconds: relational >= 94 %, non-relational
    >= 98 % on the test split, with the real time and the accuracy curve;
@@ -10,6 +11,8 @@
 3. xattn with and without modality dropout for --dropout-budget seconds each: how much accuracy
    falls with the image noised.
 Every number is printed beside its target; everything is also in OUT/*/results.json and report.html.
+The parts can run in parallel processes (`--only target` in one, `--only late` then `--only dropout`
+in another, each with `--threads 1`); `--reuse` then prints the table from their results.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000, help="test images (the paper: 200)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy shared machine)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-vqa"))
-    ap.add_argument("--reuse-target", action="store_true", help="reuse OUT/target/results.json if it exists")
+    ap.add_argument("--seed", type=int, default=0, help="model seed (the data is always the same)")
+    ap.add_argument("--only", choices=("target", "late", "dropout"), help="run this part only")
+    ap.add_argument("--reuse", action="store_true", help="reuse the parts whose OUT/PART/results.json exists")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -50,19 +55,23 @@ def main() -> None:
         generate(data, SortOfClevrConfig(n_train=args.n_train, n_val=200, n_test=args.n_test))
         console.print(f"generated {args.n_train + 200 + args.n_test} images in {time.perf_counter() - t:.0f}s")
 
-    def lab(name: str, models: list[str], budget: float, **kw) -> dict:
+    def lab(name: str, models: list[str], budget: float, **kw) -> dict | None:
+        previous = args.out / name / "results.json"
+        if args.only and args.only != name:
+            return json.loads(previous.read_text()) if previous.exists() else None
+        if args.reuse and previous.exists():
+            console.print(f"reusing {previous}")
+            return json.loads(previous.read_text())
         cfg = LabConfig(data=str(data), out=str(args.out / name), models=models, time_budget=budget,
-                        eval_every=max(30.0, budget / 15), **kw)
+                        eval_every=max(30.0, budget / 15), seed=args.seed, **kw)
         return run_lab(cfg)
 
-    previous = args.out / "target" / "results.json"
-    if args.reuse_target and previous.exists():  # e.g. after an interruption in the later parts
-        target = json.loads(previous.read_text())
-        console.print(f"reusing the target run in {previous}")
-    else:
-        target = lab("target", [args.model], args.budget, baselines=True)
+    target = lab("target", [args.model], args.budget, baselines=True)
     late = lab("late", ["late"], args.baseline_budget, baselines=False)
     drop = lab("dropout", [args.model], args.dropout_budget, baselines=False, modality_dropout=args.dropout)
+    if None in (target, late, drop):
+        console.print(f"part '{args.only}' done; when every part has run, `--reuse` prints the table")
+        return
 
     t = target["models"][args.model]
     acc = t["test"]["clean"]

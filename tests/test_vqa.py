@@ -72,8 +72,8 @@ def test_every_fusion_model_forward_backward_save_load(name, soc, tmp_path):
     out = model(batch.images, batch.questions)
     assert out["logits"].shape == (3, 20, len(answers))
     if model.has_attention:
-        assert out["attention"].shape == (3, 20, model.n_regions)
-        assert torch.allclose(out["attention"].sum(-1), torch.ones(3, 20), atol=1e-4)
+        assert out["attention"].shape == (3, 20, model.config.layers, model.n_regions)
+        assert torch.allclose(out["attention"].sum(-1), torch.ones(3, 20, model.config.layers), atol=1e-4)
     torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), batch.answers.flatten()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads), "every parameter takes part"

@@ -42,8 +42,8 @@ def vqa(
     modality_dropout: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Also train each model with this modality dropout and compare."),
     baselines: bool = typer.Option(True, help="Question-only and image-only baselines."),
-    batch_images: int = typer.Option(32, min=1, help="Images per step (each with all its questions)."),
-    lr: float = typer.Option(2e-3),
+    batch_images: int = typer.Option(8, min=1, help="Images per step (each with all its questions)."),
+    lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads (on a busy shared machine 1 can be "

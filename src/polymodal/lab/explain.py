@@ -27,7 +27,7 @@ def read_image(path: str | Path, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def ask(model, images: torch.Tensor, questions: list[str]) -> dict:
-    """Answer every question about one image (1, 3, H, W): answers, probabilities, attention (Q, N)."""
+    """Answer every question about one image (1, 3, H, W): answers, probabilities, attention (Q, hops, N)."""
     model.eval()
     if not questions or not all(q.strip() for q in questions):
         raise ValueError("empty question")
@@ -41,23 +41,27 @@ def ask(model, images: torch.Tensor, questions: list[str]) -> dict:
 
 
 def attention_figure(image: torch.Tensor, attention: torch.Tensor, title: str):
-    """The image beside the image overlaid with the attention grid (upsampled, no smoothing)."""
+    """The image, then the image overlaid with each hop's attention grid (hops, N) (upsampled, no
+    smoothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = int(round(attention.numel() ** 0.5))
+    hops = attention.reshape(-1, attention.shape[-1])  # (hops, N)
+    grid = int(round(hops.shape[1] ** 0.5))
     img = image[0].permute(1, 2, 0).numpy()
     size = img.shape[0]
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
-    axes[0].imshow(img, interpolation="nearest")
-    axes[1].imshow(img, interpolation="nearest")
-    heat = attention.reshape(grid, grid).numpy()
-    shown = axes[1].imshow(heat, cmap="inferno", alpha=0.6, extent=(0, size, size, 0), interpolation="nearest")
-    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    fig, axes = plt.subplots(1, 1 + len(hops), figsize=(3.2 * (1 + len(hops)), 3.6))
     for ax in axes:
+        ax.imshow(img, interpolation="nearest")
         ax.axis("off")
+    for i, (ax, weights) in enumerate(zip(axes[1:], hops)):
+        heat = weights.reshape(grid, grid).numpy()
+        shown = ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(0, size, size, 0), interpolation="nearest")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+        if len(hops) > 1:
+            ax.set_title(f"hop {i + 1}", fontsize=9)
     fig.suptitle(title, fontsize=9)
     return fig
 

@@ -94,7 +94,7 @@ def write_vqa_report(results: dict, markdown: str, path: Path) -> Path:
     for title, png in figures:
         body.append(f"<h2>{title}</h2><img src='data:image/png;base64,{png}' style='max-width:100%'>")
     if results.get("attention_examples"):
-        body.append("<h2>Where the question looks (cross-attention, last layer)</h2><div class='grid'>")
+        body.append("<h2>Where the question looks (cross-attention: each hop's weights over the regions)</h2><div class='grid'>")
         for ex in results["attention_examples"]:
             data = base64.b64encode((out / ex["image"]).read_bytes()).decode()
             body.append(f"<figure><img src='data:image/png;base64,{data}' style='width:420px'></figure>")

@@ -33,8 +33,8 @@ class LabConfig:
     models: list[str] = field(default_factory=lambda: ["rn"])
     time_budget: float = 300.0  # seconds of training per model
     modality_dropout: float = 0.0  # also train each model with this modality dropout (0: don't)
-    batch_images: int = 32
-    lr: float = 2e-3
+    batch_images: int = 8
+    lr: float = 1e-3
     eval_every: float = 60.0
     val_images: int = 200  # validation images evaluated during training (the accuracy curve)
     baselines: bool = True  # question-only and image-only baselines

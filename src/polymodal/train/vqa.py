@@ -31,8 +31,10 @@ class VQATrainConfig:
     out: str
     epochs: int = 30
     time_budget: float | None = None  # seconds of training (evaluation excluded)
-    batch_images: int = 32  # images per step; each brings all its questions (20 on Sort-of-CLEVR)
-    lr: float = 2e-3
+    # images per step, each with all its questions (20 on Sort-of-CLEVR). Small batches: what the
+    # question-to-object binding needs is many updates (8 images learnt it 3x sooner than 32, measured)
+    batch_images: int = 8
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05
     grad_clip: float = 1.0

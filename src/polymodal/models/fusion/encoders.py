@@ -22,7 +22,13 @@ class ImageGridEncoder(nn.Module):
 
     Two coordinate channels are appended to the pixels (CoordConv), so every cell can say exactly
     where its object is; stride-2 convolutions with BatchNorm bring 75x75 down to a 10x10 grid
-    (each cell sees a whole 10-pixel object); `pool` averages the grid further (2: 5x5 cells)."""
+    (each cell sees a whole 10-pixel object); `pool` averages the grid further (2: 5x5 cells).
+
+    Each cell's mean colour is also added to its token through a linear map. Questions name an
+    object by its colour, and the convolutions' colour code is entangled at first: without this
+    shortcut every fusion design sat for 30 minutes at the accuracy of a model that cannot tell
+    which object a question means (63 % non-relational on Sort-of-CLEVR); with it the binding is
+    learnt within minutes."""
 
     def __init__(self, dim: int, width: int, image_size: int, pool: int = 1):
         super().__init__()
@@ -39,18 +45,20 @@ class ImageGridEncoder(nn.Module):
         self.grid = -(-side // pool)
         self.register_buffer("coords", cell_coordinates(self.grid), persistent=False)
         self.position = nn.Linear(5, dim)
+        self.colour = nn.Linear(3, dim)
         c = torch.linspace(-1, 1, image_size)
         yy, xx = torch.meshgrid(c, c, indexing="ij")
         self.register_buffer("pixel_coords", torch.stack([xx, yy])[None], persistent=False)  # (1, 2, H, W)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+        colour = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, N, 3)
         x = torch.cat([x, self.pixel_coords.expand(len(x), -1, -1, -1)], dim=1)
         x = self.cnn(x)  # (B, D, g, g)
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool, ceil_mode=True)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        return x + self.position(self.coords)
+        return x + self.position(self.coords) + self.colour(colour)
 
 
 class QuestionEncoder(nn.Module):

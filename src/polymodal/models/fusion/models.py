@@ -2,7 +2,8 @@
 
 Every model maps uint8 images (B, 3, H, W) and question ids (B, Q, L) - all the questions about
 each image - to answer logits (B, Q, A). The image is encoded once per image, not per question.
-Attention models also return `attention` (B, Q, N): how much the question looks at each region.
+Attention models also return `attention` (B, Q, hops, N): how much each hop of the question looks
+at each region.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ class FusionConfig:
     pool: int = 1  # average the 10x10 region grid by this factor (2: 5x5 regions)
     heads: int = 4
     question_layers: int = 1
-    image_layers: int = 0  # xattn: self-attention layers over the regions before the question looks
-    query: str = "pooled"  # xattn: the question's pooled vector is the one query ("tokens": every word queries)
-    layers: int = 2  # fusion depth: transformer layers (early, xattn), FiLM blocks, g-MLP layers (rn)
+    layers: int = 2  # fusion depth: transformer layers (early), attention hops (xattn), FiLM blocks, g-MLP layers (rn)
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
 
     @classmethod
@@ -82,7 +81,7 @@ class FusionModel(nn.Module):
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
         """The fusion design itself, which each registered subclass defines: regions (B, N, D),
         question tokens (B, Q, L, D), pooled question (B, Q, D) and its padding mask (B, Q, L) ->
-        fused (B, Q, fused_dim()) and attention over the regions (B, Q, N), or None."""
+        fused (B, Q, fused_dim()) and attention over the regions (B, Q, hops, N), or None."""
         raise NotImplementedError(f"{type(self).__name__} is not a fusion design; use one of {FUSIONS.list()}")
 
 
@@ -154,82 +153,57 @@ class FiLMFusion(FusionModel):
         return x.reshape(B, Q, D), None
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention of question tokens to the regions of *their own* image. Keys and values
-    are computed once per image and shared by all Q questions about it."""
+class RegionAttention(nn.Module):
+    """Multi-head attention of one query per question to the regions of *its own* image. Keys and
+    values are computed once per image and shared by all Q questions about it."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, regions: torch.Tensor):
-        B, Q, L, D = x.shape
+    def forward(self, query: torch.Tensor, regions: torch.Tensor):
+        B, Q, D = query.shape
         h, d = self.heads, D // self.heads
-        q = self.q(x).reshape(B, Q * L, h, d).transpose(1, 2) / math.sqrt(d)  # (B, h, Q*L, d)
+        q = query.reshape(B, Q, h, d).transpose(1, 2) / math.sqrt(d)  # (B, h, Q, d)
         k = self.k(regions).reshape(B, -1, h, d).transpose(1, 2)  # (B, h, N, d)
         v = self.v(regions).reshape(B, -1, h, d).transpose(1, 2)
-        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, h, Q*L, N)
-        out = (weights @ v).transpose(1, 2).reshape(B, Q, L, D)
-        return self.o(out), weights.mean(1).reshape(B, Q, L, -1)
-
-
-class CrossLayer(nn.Module):
-    """Pre-norm decoder layer: question self-attention, cross-attention to the image, MLP."""
-
-    def __init__(self, dim: int, heads: int, self_attention: bool = True):
-        super().__init__()
-        self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        if self_attention:
-            self.norm1 = nn.LayerNorm(dim)
-            self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.cross = CrossAttention(dim, heads)
-        self.mlp = mlp([dim, 4 * dim, dim])
-
-    def forward(self, x, regions, pad):
-        B, Q, L, D = x.shape
-        if hasattr(self, "self_attn"):
-            flat = self.norm1(x).reshape(B * Q, L, D)
-            x = x + self.self_attn(flat, flat, flat, key_padding_mask=pad.reshape(B * Q, L),
-                                   need_weights=False)[0].reshape(B, Q, L, D)
-        attended, weights = self.cross(self.norm2(x), regions)
-        x = x + attended
-        return x + self.mlp(self.norm3(x)), weights
+        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, h, Q, N)
+        read = (weights @ v).transpose(1, 2).reshape(B, Q, D)
+        return read, weights.mean(1)  # (B, Q, D), (B, Q, N)
 
 
 @FUSIONS.register("xattn")
 class CrossAttentionFusion(FusionModel):
-    """The question attends to image regions through stacked layers (after `image_layers` of
-    self-attention among the regions, computed once per image). With `query="pooled"` the
-    question's pooled vector is the single query (15x cheaper than one query per word, measured
-    as accurate on Sort-of-CLEVR); with "tokens" every word queries and the words also attend to
-    each other."""
+    """Stacked cross-modal attention (after Yang et al. 2016, stacked attention networks): the
+    question attends to the image regions `layers` times, and each hop's query is computed from the
+    question and what the earlier hops read, so a second hop can look for "the object closest to
+    what the first one found". The answer sees the question, every read and the mean of all
+    regions (what counting needs). `attention` holds every hop's weights: on Sort-of-CLEVR the
+    first finds the object the question names, the second the one it asks about."""
 
     has_attention = True
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
         c = config
-        layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
-        self.image_context = nn.TransformerEncoder(layer, c.image_layers, enable_nested_tensor=False) if c.image_layers else None
         self.region_norm = nn.LayerNorm(c.dim)
-        self.layers = nn.ModuleList(CrossLayer(c.dim, c.heads, c.query == "tokens") for _ in range(c.layers))
-        self.norm = nn.LayerNorm(c.dim)
+        self.queries = nn.ModuleList(mlp([c.dim * (1 + i), 2 * c.dim, c.dim]) for i in range(c.layers))
+        self.hops = nn.ModuleList(RegionAttention(c.dim, c.heads) for _ in range(c.layers))
+        self.combine = nn.Linear(c.dim * (c.layers + 2), c.hidden)
+
+    def fused_dim(self):
+        return self.config.hidden
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
-        if self.image_context is not None:
-            regions = self.image_context(regions)
-        regions = self.region_norm(regions)
-        x = q_tokens
-        if self.config.query == "pooled":
-            x, q_pad = q_pooled.unsqueeze(2), q_pad[..., :1] & False  # (B, Q, 1, D)
-        for layer in self.layers:
-            x, weights = layer(x, regions, q_pad)  # weights: (B, Q, L, N)
-        keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
-        x = self.norm(x)
-        pooled = (x * keep).sum(2) / keep.sum(2)  # (B, Q, D)
-        attention = (weights * keep).sum(2) / keep.sum(2)  # last layer, averaged over words: (B, Q, N)
-        return pooled, attention
+        regions = self.region_norm(regions)  # (B, N, D)
+        reads, maps = [q_pooled], []
+        for query, hop in zip(self.queries, self.hops):
+            read, weights = hop(query(torch.cat(reads, dim=-1)), regions)  # (B, Q, D), (B, Q, N)
+            reads.append(read)
+            maps.append(weights)
+        everything = regions.mean(1, keepdim=True).expand_as(q_pooled)  # (B, Q, D)
+        return F.relu(self.combine(torch.cat(reads + [everything], dim=-1))), torch.stack(maps, dim=2)  # (B, Q, hops, N)
 
 
 @FUSIONS.register("rn")
