@@ -1,6 +1,6 @@
 """The VQA fusion targets on Sort-of-CLEVR (issue 5), in one run.
 
-    python benchmarks/vqa_targets.py [--budget 1800] [--baseline-budget 300] [--dropout-budget 300]
+    python benchmarks/vqa_targets.py [--budget 1800] [--baseline-budget 300] [--dropout-budget 600]
                                      [--n-train 9800] [--threads 2] [--out runs/bench-vqa]
                                      [--only target|late|dropout] [--reuse]
 
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1800.0, help="training seconds of the target model")
     ap.add_argument("--model", default="xattn", help="the target model (xattn or rn)")
     ap.add_argument("--baseline-budget", type=float, default=300.0)
-    ap.add_argument("--dropout-budget", type=float, default=300.0)
+    ap.add_argument("--dropout-budget", type=float, default=600.0)
     ap.add_argument("--dropout", type=float, default=0.3, help="modality dropout probability")
     ap.add_argument("--n-train", type=int, default=9800, help="training images (the paper: 9,800)")
     ap.add_argument("--n-test", type=int, default=1000, help="test images (the paper: 200)")

@@ -31,8 +31,8 @@ class VQATrainConfig:
     out: str
     epochs: int = 30
     time_budget: float | None = None  # seconds of training (evaluation excluded)
-    # images per step, each with all its questions (20 on Sort-of-CLEVR). Small batches: what the
-    # question-to-object binding needs is many updates (8 images learnt it 3x sooner than 32, measured)
+    # images per step, each with all its questions (20 on Sort-of-CLEVR). Small batches: binding the
+    # question to its object needs many updates (after 5 minutes, 93 % non-relational with 8, 83 % with 32)
     batch_images: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
