@@ -48,11 +48,16 @@ def write_json(path: str | Path, obj) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds. A directory
+    written at the temporary path replaces a directory at `path` whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if tmp.is_dir() and path.is_dir():  # os.replace cannot overwrite a non-empty directory
+            import shutil
+
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -12,8 +12,6 @@ quantised per batch at run time) that `OnnxModel` uses unless told otherwise.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from torch import nn
 
 from ..data.schema import DataError
 from ..models.interface import EncoderInterface
+from ..utils import atomic_path
 from .base import BackendConfig, ImageSpec
 
 ONNX_FILE = "polymodal_onnx.json"
@@ -66,10 +65,9 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
     lora = getattr(model, "lora", None)
     if lora is not None:  # the graph needs plain weights; merging leaves the outputs unchanged
         model.merge_lora()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         image = image_spec_of(model)
         pixels = torch.randint(0, 256, (batch, 3, image.image_size, image.image_size), dtype=torch.uint8)
         # Traced attention keeps the sequence length of the example as a constant, so the text graph
@@ -89,11 +87,6 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
             for name in ("image", "text"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
         (tmp / ONNX_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

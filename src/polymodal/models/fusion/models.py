@@ -8,6 +8,7 @@ at each region.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -52,7 +53,7 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-class FusionModel(nn.Module):
+class FusionModel(nn.Module, metaclass=abc.ABCMeta):
     """Shared parts: the two encoders and the answer head; subclasses define `fuse`."""
 
     has_attention = False
@@ -78,11 +79,11 @@ class FusionModel(nn.Module):
             out["attention"] = attention
         return out
 
+    @abc.abstractmethod
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
         """The fusion design itself, which each registered subclass defines: regions (B, N, D),
         question tokens (B, Q, L, D), pooled question (B, Q, D) and its padding mask (B, Q, L) ->
         fused (B, Q, fused_dim()) and attention over the regions (B, Q, hops, N), or None."""
-        raise NotImplementedError(f"{type(self).__name__} is not a fusion design; use one of {FUSIONS.list()}")
 
 
 @FUSIONS.register("late")
