@@ -22,7 +22,7 @@ class ImageTowerConfig:
     width: int = 64  # CNN: channels of the first stage (doubles per stage); ViT: token width
     layers: int = 4  # CNN: conv stages; ViT: transformer blocks
     stem_stride: int = 2  # CNN only: stride of the first stage (1 keeps full resolution, costs ~4x)
-    pool: str = "attention"  # CNN only: "attention" (CLIP's attention pool) or "flatten"
+    pool: str = "attention"  # CNN only: "coord" (features x [1, x, y]), "attention" (CLIP's) or "flatten"
     heads: int = 4  # ViT only
     patch_size: int = 8  # ViT only
     # Normalisation applied to [0, 1] pixels before the tower.
@@ -32,7 +32,7 @@ class ImageTowerConfig:
 
 @dataclass
 class TextTowerConfig:
-    kind: str = "transformer"  # "transformer" (from scratch), "minilm" (bundled), "bow" (bag-of-words baseline)
+    kind: str = "transformer"  # from scratch: "transformer" or "gru" (bidirectional); "minilm" (bundled); "bow" (baseline)
     context_length: int = 48
     vocab_size: int = 512  # upper bound for the tokenizer trained on the captions
     width: int = 128

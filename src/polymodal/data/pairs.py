@@ -27,7 +27,7 @@ MAX_IN_MEMORY_BYTES = 8 * 2**30
 class Batch:
     images: torch.Tensor  # (B, 3, S, S) uint8
     captions: list[str]  # (B,)
-    negatives: list[str] | None = None  # (B,) hard-negative captions, one per image
+    negatives: list[str] | None = None  # (B * K,) hard-negative captions, K per image
 
 
 class ImageTextPairs:
@@ -64,9 +64,10 @@ class ImageTextPairs:
         return len(self.records)
 
     def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                hard_negatives: bool = False, drop_last: bool = True) -> Iterator[Batch]:
+                hard_negatives: int = 0, drop_last: bool = True) -> Iterator[Batch]:
         """One shuffled epoch. `batch_size` is the global batch; each rank gets its slice of it,
-        so N processes see exactly the batches one process would."""
+        so N processes see exactly the batches one process would. `hard_negatives`: counterfactual
+        captions per image (ShapesWorld)."""
         rng = random.Random(f"{seed}/{epoch}")
         order = list(range(len(self)))
         rng.shuffle(order)
@@ -76,12 +77,15 @@ class ImageTextPairs:
             captions = [rng.choice(self.records[i].text) for i in window][rank::world_size]
             negatives = None
             if self.is_shapes and hard_negatives:
-                # One per image, so every rank gathers the same count; the rare scene with no
-                # valid counterfactual falls back to another image's caption.
-                negatives = [shapes.hard_negative(self.records[i].attributes, rng)
-                             or rng.choice(self.records[rng.randrange(len(self))].text)
-                             for i in window][rank::world_size]
+                # The same count per image, so every rank gathers the same count; a scene with
+                # fewer valid counterfactuals is topped up with other images' captions.
+                per_image = [self._negatives(i, hard_negatives, rng) for i in window][rank::world_size]
+                negatives = [caption for group in per_image for caption in group]
             yield Batch(self.images[window[rank::world_size]], captions, negatives)
+
+    def _negatives(self, index: int, count: int, rng: random.Random) -> list[str]:
+        found = shapes.hard_negatives(self.records[index].attributes, rng, count)
+        return found + [rng.choice(self.records[rng.randrange(len(self))].text) for _ in range(count - len(found))]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size

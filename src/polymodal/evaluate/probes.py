@@ -1,55 +1,88 @@
-"""ARO-style probes (Yuksekgonul et al., 2023): does the model prefer an image's true caption over
-the same caption with one thing swapped?
+"""Compositional probes on ShapesWorld: does the model prefer an image's true caption over the same
+caption with one thing changed?
 
-- attribute binding: the colours of two objects exchanged ("a red circle left of a blue square"
-  vs "a blue circle left of a red square");
-- relation order: the two sides of a relation exchanged ("A left of B" vs "B left of A").
+- ARO (Yuksekgonul et al., 2023): attribute binding (two objects' colours exchanged) and relation
+  order (the two sides of a relation exchanged);
+- SugarCrepe-style families (Hsieh et al., 2023), counted separately: replace an attribute, an
+  object or a relation; swap two attributes or two objects; add an attribute that is not there;
+- Winoground-style groups (Thrush et al., 2022): two images and two captions with the same words,
+  where each caption must pick its own image and each image its own caption.
 
-Both captions are built with the same random wording, so they differ in the swap alone. A
-bag-of-words model scores both captions of a pair the same and so sits at chance (50 %).
+Both captions of a pair are built with the same canonical wording, so they differ in the change
+alone. A bag-of-words model scores the two captions of a swap the same and so sits at chance (50 %).
 """
 
 from __future__ import annotations
-
-import random
 
 import torch
 
 from ..data.synthetic import shapes
 
-PROBES = {"attribute_binding": "swap_colours", "relation_order": "swap_relation"}
+ARO = ("attribute_binding", "relation_order")
+FAMILIES = ("replace_attribute", "replace_object", "replace_relation", "swap_attribute", "swap_object",
+            "add_attribute")
+WINOGROUND_KINDS = ("swap_colours", "swap_relation")
 TIE = 1e-5  # cosine similarities closer than this are a tie
 
 
-def probe_pairs(records, kind: str) -> tuple[list[int], list[str], list[str]]:
-    """(image indices, true captions, swapped captions) for the records where `kind` applies."""
+def probe_pairs(records, family: str) -> tuple[list[int], list[str], list[str]]:
+    """(image indices, true captions, false captions) for the records where `family` applies."""
     idx, true, false = [], [], []
     for i, r in enumerate(records):
-        changed = shapes.counterfactual(r.attributes, kind, random.Random(f"probe/{r.id}"))
-        if changed is None:
-            continue
-        # The same seed and canonical words: the same template and words for both captions.
-        wording = f"wording/{r.id}"
-        idx.append(i)
-        true.append(shapes.describe(r.attributes["objects"], r.attributes["relations"], random.Random(wording),
-                                    canonical=True))
-        false.append(shapes.describe(*changed, random.Random(wording), canonical=True))
+        pair = shapes.probe_pair(r.attributes, family, r.id)
+        if pair is not None:
+            idx.append(i)
+            true.append(pair[0])
+            false.append(pair[1])
     return idx, true, false
 
 
+def _wins(diff: torch.Tensor) -> torch.Tensor:
+    """1 where the true side scores higher, 0.5 on a tie (a bag of words ties up to rounding)."""
+    return (diff > TIE).float() + 0.5 * (diff.abs() <= TIE).float()
+
+
 def run_probes(model, image_emb: torch.Tensor, records) -> dict:
+    """Accuracy of each ARO probe and SugarCrepe-style family on the images `image_emb` of `records`."""
     out = {}
-    for name, kind in PROBES.items():
-        idx, true, false = probe_pairs(records, kind)
+    for family in ARO + FAMILIES:
+        idx, true, false = probe_pairs(records, family)
         if not idx:
             continue
-        img = image_emb[idx]
-        s_true = (img * model.encode_text(true)).sum(1)
-        s_false = (img * model.encode_text(false)).sum(1)
-        # A model that cannot tell the two apart (a bag of words scores them the same, up to
-        # float rounding) is at chance: a tie counts half.
-        diff = s_true - s_false
-        correct = (diff > TIE).float() + 0.5 * (diff.abs() <= TIE).float()
-        out[name] = {"accuracy": float(correct.mean()), "n": len(idx),
-                     "example": [true[0], false[0]]}
+        img = image_emb[idx]  # (P, E)
+        diff = (img * model.encode_text(true)).sum(1) - (img * model.encode_text(false)).sum(1)
+        out[family] = {"accuracy": float(_wins(diff).mean()), "n": len(idx), "example": [true[0], false[0]]}
+    return out
+
+
+def winoground_items(records, kind: str, limit: int, image_size: int = 64) -> list:
+    """Up to `limit` Winoground-style groups ((image0, caption0), (image1, caption1)) from `records`."""
+    items = []
+    for r in records:
+        item = shapes.winoground_pair(r.attributes, kind, r.id, image_size)
+        if item is not None:
+            items.append(item)
+            if len(items) == limit:
+                break
+    return items
+
+
+def run_winoground(model, records, limit: int = 500) -> dict:
+    """Text, image and group scores per kind and over all groups (Winoground's three scores)."""
+    out, groups = {}, []
+    for kind in WINOGROUND_KINDS:
+        items = winoground_items(records, kind, limit)
+        if not items:
+            continue
+        img = model.encode_image([im for pair in items for im, _ in pair]).view(len(items), 2, -1)  # (G, 2, E)
+        txt = model.encode_text([c for pair in items for _, c in pair]).view(len(items), 2, -1)  # (G, 2, E)
+        s = torch.einsum("gie,gce->gic", img, txt)  # (G, image, caption)
+        text_ok = (s[:, 0, 0] - s[:, 0, 1] > TIE) & (s[:, 1, 1] - s[:, 1, 0] > TIE)  # each image picks its caption
+        image_ok = (s[:, 0, 0] - s[:, 1, 0] > TIE) & (s[:, 1, 1] - s[:, 0, 1] > TIE)  # each caption picks its image
+        group = text_ok & image_ok
+        groups.append(group)
+        out[kind] = {"text": float(text_ok.float().mean()), "image": float(image_ok.float().mean()),
+                     "group": float(group.float().mean()), "n": len(items)}
+    if groups:
+        out["group"] = float(torch.cat(groups).float().mean())
     return out

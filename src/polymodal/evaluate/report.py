@@ -33,6 +33,7 @@ TEMPLATE = Template("""<!doctype html>
  .grid img { width: 96px; height: 96px; image-rendering: pixelated; border: 3px solid #ddd; }
  .grid img.hit { border-color: #2a2; } .grid img.miss { border-color: #c33; }
  .note { color: #666; font-size: .9rem; }
+ tr.hit td:nth-child(4) { color: #2a2; font-weight: bold; } tr.miss td:nth-child(6) { color: #c33; font-weight: bold; }
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="note">{{ subtitle }}</p>
@@ -43,6 +44,12 @@ TEMPLATE = Template("""<!doctype html>
 <p class="note">Top results from the test gallery; green: the image makes every fact of the query true.</p>
 {% for q in queries %}<div class="query"><h3>&ldquo;{{ q.text }}&rdquo;{% if q.unseen %} <em>(unseen combination)</em>{% endif %}</h3>
 <div class="grid">{% for r in q.results %}<figure><img class="{{ r.cls }}" src="data:image/png;base64,{{ r.png }}"><figcaption>{{ '%.3f' % r.score }}</figcaption></figure>{% endfor %}</div></div>{% endfor %}{% endif %}
+{% if probes %}<h2>Probe pairs</h2>
+<p class="note">One test image per probe family, its true caption and the same caption with one thing changed, with the model's
+similarity for each; green: the true caption scores higher.</p>
+<table class="probes"><tr><th>family</th><th>image</th><th>true caption</th><th>score</th><th>changed caption</th><th>score</th></tr>
+{% for p in probes %}<tr class="{{ p.cls }}"><td>{{ p.family }}</td><td><img src="data:image/png;base64,{{ p.png }}" style="width:64px;image-rendering:pixelated"></td>
+<td style="text-align:left">{{ p.true }}</td><td>{{ '%.3f' % p.true_score }}</td><td style="text-align:left">{{ p.false }}</td><td>{{ '%.3f' % p.false_score }}</td></tr>{% endfor %}</table>{% endif %}
 {% for fig in figures %}<h2>{{ fig.title }}</h2><img src="data:image/png;base64,{{ fig.png }}" style="max-width:100%">{% endfor %}
 </body></html>
 """)
@@ -112,9 +119,11 @@ def similarity_heatmap(sims: torch.Tensor, captions: list[str], thumbs: list):
     return fig
 
 
-def write_report(path: Path, title: str, subtitle: str, results: dict, queries: list[dict], figures: list[dict]) -> Path:
+def write_report(path: Path, title: str, subtitle: str, results: dict, queries: list[dict], figures: list[dict],
+                 probes: list[dict] | None = None) -> Path:
+    """`probes`: rows of the probe-pair table (family, png, true, true_score, false, false_score, cls)."""
     page = TEMPLATE.render(title=title, subtitle=subtitle, metrics_table=metrics_table(results),
-                           extra_lines=summary_lines(results), queries=queries, figures=figures)
+                           extra_lines=summary_lines(results), queries=queries, figures=figures, probes=probes)
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path

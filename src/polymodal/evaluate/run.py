@@ -9,7 +9,7 @@ import torch
 
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
-from .probes import run_probes
+from .probes import run_probes, run_winoground
 from .retrieval import retrieval_metrics
 from .zeroshot import shapes_zero_shot, zero_shot_accuracy
 
@@ -63,6 +63,7 @@ def evaluate_split(model, split: RecordSet | SplitEmbeddings, class_names: list[
     if emb.pairs.is_shapes:
         out["zero_shot"] = shapes_zero_shot(model, image_emb, records)
         out["probes"] = run_probes(model, image_emb, records)
+        out["winoground"] = run_winoground(model, records)
     elif all(r.labels is not None for r in records):
         out["zero_shot"] = zero_shot_accuracy(model, image_emb, [str(r.labels) for r in records], class_names)
     return out
@@ -117,8 +118,13 @@ def summary_lines(results: dict) -> list[str]:
                 lines.append(f"{split} zero-shot, mean-embedding ensemble: "
                              + ", ".join(f"{k} {v:.3f}" for k, v in zs["mean_ensemble"].items()))
         for name, p in r.get("probes", {}).items():
-            lines.append(f"{split} ARO-style probe, {name.replace('_', ' ')}: {p['accuracy']:.3f} "
+            lines.append(f"{split} probe, {name.replace('_', ' ')}: {p['accuracy']:.3f} "
                          f"(n={p['n']}; e.g. \"{p['example'][0]}\" vs \"{p['example'][1]}\")")
+        wino = r.get("winoground") or {}
+        if "group" in wino:
+            lines.append(f"{split} Winoground-style group score: {wino['group']:.3f} ("
+                         + ", ".join(f"{k.replace('_', ' ')}: text {v['text']:.3f}, image {v['image']:.3f}, "
+                                     f"group {v['group']:.3f}" for k, v in wino.items() if isinstance(v, dict)) + ")")
         if "rephrased_R@1_drop" in r:
             lines.append(f"{split} captions in held-out wording: text-to-image R@1 drop {r['rephrased_R@1_drop']:.3f}")
     if "unseen_gap" in results:

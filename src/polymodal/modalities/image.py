@@ -75,13 +75,32 @@ class AttentionPool(nn.Module):
         return pooled.squeeze(1)
 
 
+class CoordinatePool(nn.Module):
+    """Each region's features, averaged plain and weighted by the region's x and y in [-1, 1]:
+    (B, T, C) -> (B, 3C). What an object is stays bound to where it is, linearly, so "A left of B"
+    is one dot product away: a caption vector A (x) -1 + B (x) +1 scores x_B - x_A, positive
+    exactly when the caption is true. Attention pooling adds position embeddings to the features
+    instead of multiplying, which leaves a bag of contents beside a bag of places (relation-order
+    probe 0.74 after 800 steps, against 0.83 with this pool after 900; benchmarks/README.md)."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        c = torch.linspace(-1, 1, grid)
+        y, x = torch.meshgrid(c, c, indexing="ij")
+        self.register_buffer("xy", torch.stack([x.flatten(), y.flatten()], 1), persistent=False)  # (T, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, y = self.xy[:, :1], self.xy[:, 1:]  # (T, 1) each
+        return torch.cat([tokens.mean(1), (tokens * x).mean(1), (tokens * y).mean(1)], dim=-1)  # (B, 3C)
+
+
 class ConvEncoder(nn.Module):
     """A plain CNN of conv-BN-ReLU stages. Stages halve the resolution until an 8x8 grid, then keep
     it; channels double per stage up to 4x `width`. A stride-2 first stage costs a sixth of a
     stride-1 one on a CPU (measured), for little loss on 64x64 images.
 
     The pooled vector must keep where each object is (for "left of", "above"), so the grid is not
-    averaged: it is attention-pooled with position embeddings, or flattened.
+    simply averaged: it is coordinate-pooled, attention-pooled with position embeddings, or flattened.
     """
 
     def __init__(self, cfg: ImageTowerConfig):
@@ -99,16 +118,19 @@ class ConvEncoder(nn.Module):
         if cfg.pool == "attention":
             self.pool = AttentionPool(channels, self.grid, cfg.heads)
             self.output_dim = channels
+        elif cfg.pool == "coord":
+            self.pool = CoordinatePool(self.grid)
+            self.output_dim = 3 * channels
         elif cfg.pool == "flatten":
             self.pool = nn.Flatten(1)
             self.output_dim = channels * self.grid * self.grid
         else:
-            raise ValueError(f"unknown pool '{cfg.pool}' (attention or flatten)")
+            raise ValueError(f"unknown pool '{cfg.pool}' (coord, attention or flatten)")
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         fmap = self.resize(self.body(x))  # (B, C, g, g)
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, g*g, C)
-        pooled = self.pool(tokens) if isinstance(self.pool, AttentionPool) else self.pool(fmap)
+        pooled = self.pool(fmap) if isinstance(self.pool, nn.Flatten) else self.pool(tokens)
         return EncoderOutput(tokens=tokens, pooled=pooled)
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     model: str = "shapes-cnn-small"  # preset name or JSON path
     loss: str = "clip"  # "clip" (InfoNCE) or "siglip"
     epochs: int = 10
+    steps: int | None = None  # optimizer steps in all, instead of epochs: the same model on any machine
     time_budget: float | None = None  # seconds of training; the schedule is fitted to it
     batch_size: int = 128  # global batch, split across DDP ranks (128 beat 64 and 256 in 3-minute CPU runs)
     accum_steps: int = 1  # micro-batches per optimizer step (each is its own contrastive batch)
@@ -47,7 +48,7 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of training
     grad_clip: float = 1.0
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware is fast at it
-    hard_negatives: bool = True  # NegCLIP-style counterfactual captions (ShapesWorld data)
+    hard_negatives: int = 3  # NegCLIP-style counterfactual captions per image (ShapesWorld data; 0: none)
     seed: int = 0
     device: str = "auto"
     eval_split: str = "val"
@@ -172,7 +173,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch == 0:
         raise DataError(f"{cfg.data}: {len(pairs)} training pairs are fewer than one batch of {cfg.batch_size}")
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = cfg.steps or steps_per_epoch * cfg.epochs
+    max_epochs = math.ceil(total_steps / steps_per_epoch)
     step, epoch, elapsed = 0, 0, 0.0
     if state:
         optimizer.load_state_dict(state["optimizer"])
@@ -192,7 +194,7 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     done = progress_now() >= 1.0
     with progress_bar(cfg.progress and info.is_main, count=False) as bar:
         task = bar.add_task("training", total=1000, completed=int(1000 * progress_now()))
-        while not done and epoch < cfg.epochs:
+        while not done and epoch < max_epochs:
             model.train()
             seen, t_epoch = 0, time.perf_counter()
             for batch in pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
@@ -260,7 +262,8 @@ def _step(net, model, batch, loss_fn, optimizer, cfg: TrainConfig, device: str, 
         if device == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         text = model.tokenizer(batch.captions[start:start + micro]).to(device)
-        negatives = model.tokenizer(batch.negatives[start:start + micro]).to(device) if batch.negatives else None
+        k = len(batch.negatives) // len(batch.images) if batch.negatives else 0  # negatives per image
+        negatives = model.tokenizer(batch.negatives[start * k:(start + micro) * k]).to(device) if k else None
         with _autocast(device, cfg.precision):
             out = net(images, text, negatives)
         terms = loss_fn(out)

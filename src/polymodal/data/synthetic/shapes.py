@@ -37,6 +37,8 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 SIZES = {"small": 6.0, "large": 10.0}  # circumradius in pixels at 64x64
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+QUARTER_TURN = {"left of": ("above", "below"), "right of": ("above", "below"),
+                "above": ("left of", "right of"), "below": ("left of", "right of")}
 
 # One colour-shape pair per colour never appears in training; they make up `test_unseen`.
 UNSEEN_COMBOS = tuple((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOURS))
@@ -193,9 +195,10 @@ def render(objs: list[Obj], image_size: int = 64) -> Image.Image:
 
 
 def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout: bool = False,
-             canonical: bool = False) -> str:
+             canonical: bool = False, omit_colour: int | None = None) -> str:
     """One caption stating every object and every fact, with random wording (`canonical`: the
-    first synonym of every word, so that two scenes' captions differ only where the scenes do)."""
+    first synonym of every word, so that two scenes' captions differ only where the scenes do;
+    `omit_colour`: the object whose colour goes unsaid, named by its shape alone)."""
     words = HELDOUT_WORDS if heldout else TRAIN_WORDS
 
     def word(w: str) -> str:
@@ -209,10 +212,12 @@ def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout
 
     def noun(i: int) -> str:
         o = objects[i]
+        colour = word(o["colour"]) + " "  # drawn even when omitted, so later words keep their draws
+        colour = "" if i == omit_colour else colour
         if i in mentioned:  # colour-shape pairs are unique in a scene, so "the red circle" is too
-            return f"the {word(o['colour'])} {word(o['shape'])}"
+            return f"the {colour}{word(o['shape'])}"
         mentioned.add(i)
-        return f"a {word(o['size'])} {word(o['colour'])} {word(o['shape'])}"
+        return f"a {word(o['size'])} {colour}{word(o['shape'])}"
 
     template = rng.choice((HELDOUT_TEMPLATES if heldout else TRAIN_TEMPLATES)[len(objects)])
     if len(objects) == 1:
@@ -229,24 +234,29 @@ def describe(objects: list[dict], facts: list[list], rng: random.Random, heldout
 def counterfactual(attributes: dict, kind: str, rng: random.Random) -> tuple[list[dict], list[list]] | None:
     """The scene's objects and facts with one thing changed, or None where `kind` does not apply.
 
-    kinds: "swap_colours" (two objects exchange colours: attribute binding), "swap_relation"
-    (the two sides of one relation exchanged: relation order), "replace_colour",
-    "replace_shape", "replace_size" (one attribute of one object changed).
+    kinds: "swap_colours" (two objects exchange colours: attribute binding), "swap_shapes" (two
+    objects exchange shapes), "swap_relation" (the two sides of one relation exchanged: relation
+    order), "replace_relation" (one relation turned a quarter: "left of" -> "above"),
+    "replace_colour", "replace_shape", "replace_size" (one attribute of one object changed).
     """
     objects = [dict(o) for o in attributes["objects"]]
     facts = [list(f) for f in attributes["relations"]]
     n = len(objects)
-    if kind == "swap_colours":
-        pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if objects[a]["colour"] != objects[b]["colour"]]
+    if kind in ("swap_colours", "swap_shapes"):
+        attr = "colour" if kind == "swap_colours" else "shape"
+        pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if objects[a][attr] != objects[b][attr]]
         if not pairs:
             return None
         a, b = rng.choice(pairs)
-        objects[a]["colour"], objects[b]["colour"] = objects[b]["colour"], objects[a]["colour"]
-    elif kind == "swap_relation":
+        objects[a][attr], objects[b][attr] = objects[b][attr], objects[a][attr]
+    elif kind in ("swap_relation", "replace_relation"):
         if not facts:
             return None
         f = rng.choice(facts)
-        f[0], f[2] = f[2], f[0]
+        if kind == "swap_relation":
+            f[0], f[2] = f[2], f[0]
+        else:  # the other axis: false, since every stated relation is along the pair's dominant axis
+            f[1] = rng.choice(QUARTER_TURN[f[1]])
     elif kind.startswith("replace_"):
         attr = kind.removeprefix("replace_")
         values = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}[attr]
@@ -260,19 +270,110 @@ def counterfactual(attributes: dict, kind: str, rng: random.Random) -> tuple[lis
 
 
 # Swaps weigh double: they are the negatives that only word order can tell apart.
-NEGATIVE_WEIGHTS = {"swap_colours": 2.0, "swap_relation": 2.0, "replace_colour": 1.0, "replace_shape": 1.0,
-                    "replace_size": 1.0}
+NEGATIVE_WEIGHTS = {"swap_colours": 2.0, "swap_relation": 2.0, "swap_shapes": 2.0, "replace_colour": 1.0,
+                    "replace_shape": 1.0, "replace_size": 1.0, "replace_relation": 1.0}
 
 
-def hard_negative(attributes: dict, rng: random.Random) -> str | None:
-    """A caption that contradicts the scene in one fact (NegCLIP-style hard negative)."""
-    # A weighted random order (Efraimidis-Spirakis keys); the first kind that applies is used.
+def hard_negatives(attributes: dict, rng: random.Random, count: int = 1) -> list[str]:
+    """Up to `count` captions that each contradict the scene in one fact, each of another kind
+    (NegCLIP-style hard negatives; several a scene make them dense)."""
+    # A weighted random order of the kinds (Efraimidis-Spirakis keys); those that apply are used.
     kinds = sorted(NEGATIVE_WEIGHTS, key=lambda k: rng.random() ** (1 / NEGATIVE_WEIGHTS[k]), reverse=True)
+    out = []
     for kind in kinds:
         changed = counterfactual(attributes, kind, rng)
         if changed is not None:
-            return describe(*changed, rng)
-    return None
+            out.append(describe(*changed, rng))
+            if len(out) == count:
+                break
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Probe pairs (ARO, SugarCrepe) and Winoground-style image pairs
+
+
+# SugarCrepe-style families (Hsieh et al., 2023) and the ARO probes, as counterfactual kinds.
+PROBE_KINDS = {
+    "attribute_binding": ("swap_colours",),  # ARO VG-Attribution
+    "relation_order": ("swap_relation",),  # ARO VG-Relation
+    "replace_attribute": ("replace_colour", "replace_size"),
+    "replace_object": ("replace_shape",),
+    "replace_relation": ("replace_relation",),
+    "swap_attribute": ("swap_colours",),
+    "swap_object": ("swap_shapes",),
+    "add_attribute": ("add_colour",),
+}
+
+
+def probe_pair(attributes: dict, family: str, seed: str) -> tuple[str, str] | None:
+    """(true caption, false caption) for a scene, differing only as `family` says, in the same
+    canonical wording; None where the family does not apply to the scene."""
+    rng = random.Random(f"probe/{seed}")
+    kind = rng.choice(PROBE_KINDS[family])
+    if kind == "add_colour":
+        return _added_colour_pair(attributes, rng, seed)
+    changed = counterfactual(attributes, kind, rng)
+    if changed is None:
+        return None
+    true = describe(attributes["objects"], attributes["relations"], random.Random(seed), canonical=True)
+    return true, describe(*changed, random.Random(seed), canonical=True)
+
+
+def _added_colour_pair(attributes: dict, rng: random.Random, seed: str) -> tuple[str, str] | None:
+    """SugarCrepe's add-attribute: the true caption leaves one object's colour unsaid, the false
+    one adds a wrong colour. The object's shape must be unique, so that "the circle" names it."""
+    objects = attributes["objects"]
+    shapes_in_scene = [o["shape"] for o in objects]
+    unique = [i for i, o in enumerate(objects) if shapes_in_scene.count(o["shape"]) == 1]
+    if not unique:
+        return None
+    k = rng.choice(unique)
+    recoloured = [dict(o) for o in objects]
+    recoloured[k]["colour"] = rng.choice([c for c in COLOURS if c != objects[k]["colour"]])
+    facts = attributes["relations"]
+    true = describe(objects, facts, random.Random(seed), canonical=True, omit_colour=k)
+    return true, describe(recoloured, facts, random.Random(seed), canonical=True)
+
+
+def winoground_pair(attributes: dict, kind: str, seed: str, image_size: int = 64):
+    """Two scenes and two captions with the same words, each caption true of its own scene only
+    (Thrush et al., 2022): "swap_colours" recolours the second scene, "swap_relation" exchanges the
+    objects' places. Two-object scenes only: with three, "the red circle" repeats one object's
+    words, so the two captions would not share every word. Returns ((image0, caption0),
+    (image1, caption1)) as rendered PIL images, or None where the kind does not apply."""
+    rng = random.Random(f"winoground/{seed}")
+    objects = attributes["objects"]
+    if len(objects) != 2:
+        return None
+    changed = counterfactual(attributes, kind, rng)
+    if changed is None:
+        return None
+    other = [dict(o) for o in changed[0]]
+    if kind == "swap_relation":
+        other = _exchange_places(objects, image_size)
+        if other is None:
+            return None
+    scene1 = {"objects": other, "relations": changed[1]}
+    if satisfies(scene1, attributes) or not satisfies(scene1, {"objects": changed[0], "relations": changed[1]}):
+        return None
+    captions = [describe(*scene, random.Random(seed), canonical=True)
+                for scene in ((objects, attributes["relations"]), changed)]
+    images = [render([Obj(**o) for o in scene], image_size) for scene in (objects, other)]
+    return (images[0], captions[0]), (images[1], captions[1])
+
+
+def _exchange_places(objects: list[dict], image_size: int) -> list[dict] | None:
+    """The two objects at each other's places, kept inside the frame; None if the relation
+    between them would not be the reverse of the original."""
+    a, b = (dict(o) for o in objects)
+    a["x"], a["y"], b["x"], b["y"] = b["x"], b["y"], a["x"], a["y"]
+    for o in (a, b):
+        r = SIZES[o["size"]] * image_size / 64
+        o["x"], o["y"] = (min(max(v, r + 1), image_size - r - 1) for v in (o["x"], o["y"]))
+    if relation(a, b) != INVERSE[relation(*objects)]:
+        return None
+    return [a, b]
 
 
 # ----------------------------------------------------------------------------------------------
