@@ -31,7 +31,7 @@ test: $(STAMP) /usr/bin/chromium
 	$(PY) -m pytest -n 2
 
 bench: $(STAMP)
-	$(PY) benchmarks/shapes_targets.py
+	$(PY) benchmarks/composition.py
 
 clean:
 	rm -rf runs .pytest_cache

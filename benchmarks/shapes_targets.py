@@ -3,7 +3,7 @@
     python benchmarks/shapes_targets.py [--budget 180] [--out runs/bench] [--skip-minilm]
 
 Trains three models under the same time budget on the same data:
-  polymodal   shapes-cnn-small (scratch transformer text tower, NegCLIP hard negatives)
+  polymodal   shapes-cnn-small (coordinate-pooled CNN, bidirectional GRU text tower, dense hard negatives)
   baseline    shapes-cnn-bow   (the same, with an order-blind bag-of-words text tower)
   LiT         shapes-cnn-minilm (the bundled all-MiniLM-L6-v2, locked, for the rephrasing test)
 and prints every target with the figure reached and the polymodal/baseline ratio.

@@ -74,3 +74,34 @@ def test_raw_inputs_and_clear_errors(tmp_path):
         model.encode_image([tmp_path / "missing.png"])
     with pytest.raises(ValueError, match="empty text"):
         model.encode_text(["  "])
+
+
+def test_gru_text_tower_does_not_depend_on_padding_and_knows_word_order():
+    from polymodal.config import TextTowerConfig
+    from polymodal.modalities.text import TextGRU
+
+    torch.manual_seed(0)
+    tower = TextGRU(TextTowerConfig(kind="gru", width=16), vocab_size=20)
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0], [2, 8, 9, 10, 11, 12, 3]])  # (B, L), 0 pads
+    out = tower(ids)
+    assert out.tokens.shape == (2, 7, 16) and out.pooled.shape == (2, 16)
+    alone = tower(ids[:1, :5]).pooled[0]  # the same caption without the batch's padding
+    assert torch.allclose(out.pooled[0], alone, atol=1e-6)
+    swapped = tower(torch.tensor([[2, 7, 6, 5, 3]])).pooled[0]  # the same words, another order
+    assert not torch.allclose(alone, swapped, atol=1e-3)
+    out.pooled.sum().backward()
+    assert tower.backward_rnn.weight_ih_l0.grad.abs().sum() > 0 and tower.embed.weight.grad.abs().sum() > 0
+
+
+def test_coordinate_pool_keeps_where_each_feature_is():
+    from polymodal.modalities.image import CoordinatePool
+
+    pool = CoordinatePool(grid=8)
+    left, right = torch.zeros(1, 64, 2), torch.zeros(1, 64, 2)  # (B, T, C): one feature at one cell
+    left[0, 3 * 8 + 1, 0] = 1.0  # row 3, column 1
+    right[0, 3 * 8 + 6, 0] = 1.0  # row 3, column 6
+    a, b = pool(left), pool(right)  # (1, 3C): plain mean, x-weighted, y-weighted
+    assert a.shape == (1, 6)
+    assert a[0, 0] == b[0, 0]  # the same content...
+    assert a[0, 2] < 0 < b[0, 2]  # ...on the left (x < 0) and on the right (x > 0)
+    assert a[0, 4] == b[0, 4]  # at the same height
