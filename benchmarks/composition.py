@@ -147,7 +147,8 @@ def main() -> None:
     args = ap.parse_args()
     data = args.out / "data"
     if args.eval_only:
-        for result in sorted(args.out.glob("*_*.json")):
+        parts = [p.strip() for p in args.only.split(",")]
+        for result in sorted(r for part in parts for r in args.out.glob(f"{part}_*.json")):
             figures = json.loads(result.read_text())
             figures |= evaluate_model(args.out / f"{result.stem}_model", data)
             write_json(result, figures)

@@ -15,7 +15,7 @@ from .data.formats import load_records
 from .data.pairs import ImageTextPairs
 from .data.synthetic import shapes
 from .evaluate import evaluate
-from .evaluate.probes import ARO, FAMILIES, probe_pairs
+from .evaluate.probes import ARO, FAMILIES, caption_scores, probe_pairs
 from .evaluate.run import print_results
 from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
 from .train.checkpoint import load_checkpoint
@@ -66,8 +66,10 @@ def probe_examples(model, pairs: ImageTextPairs, image_emb: torch.Tensor, per_fa
     for family in ARO + FAMILIES:
         idx, true, false = probe_pairs(pairs.records[:200], family)
         idx, true, false = idx[:per_family], true[:per_family], false[:per_family]
-        s_true = (image_emb[idx] * model.encode_text(true)).sum(1).tolist() if idx else []
-        s_false = (image_emb[idx] * model.encode_text(false)).sum(1).tolist() if idx else []
+        if not idx:
+            continue
+        s_true = caption_scores(model, image_emb[idx], true).tolist()
+        s_false = caption_scores(model, image_emb[idx], false).tolist()
         for i, t, f, st, sf in zip(idx, true, false, s_true, s_false):
             img = Image.fromarray(pairs.images[i].permute(1, 2, 0).numpy())
             rows.append({"family": family.replace("_", " "), "png": png_b64(img), "true": t, "true_score": st,

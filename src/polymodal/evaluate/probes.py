@@ -42,6 +42,11 @@ def _wins(diff: torch.Tensor) -> torch.Tensor:
     return (diff > TIE).float() + 0.5 * (diff.abs() <= TIE).float()
 
 
+def caption_scores(model, image_emb: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """(P, E) image embeddings and P captions -> (P,) the similarity of each image to its caption."""
+    return (image_emb * model.encode_text(texts)).sum(1)
+
+
 def run_probes(model, image_emb: torch.Tensor, records) -> dict:
     """Accuracy of each ARO probe and SugarCrepe-style family on the images `image_emb` of `records`."""
     out = {}
@@ -49,8 +54,7 @@ def run_probes(model, image_emb: torch.Tensor, records) -> dict:
         idx, true, false = probe_pairs(records, family)
         if not idx:
             continue
-        img = image_emb[idx]  # (P, E)
-        diff = (img * model.encode_text(true)).sum(1) - (img * model.encode_text(false)).sum(1)
+        diff = caption_scores(model, image_emb[idx], true) - caption_scores(model, image_emb[idx], false)
         out[family] = {"accuracy": float(_wins(diff).mean()), "n": len(idx), "example": [true[0], false[0]]}
     return out
 
