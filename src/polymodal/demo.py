@@ -26,37 +26,37 @@ console = Console()
 # Training length of the demo, in optimizer steps of 128 pairs: about 3 minutes on 2 idle cores.
 DEMO_STEPS = 900
 
-# Queries for the report: (objects, relations), some with colour-shape pairs held out of training.
-DEMO_QUERIES = [
-    ([("small", "red", "square")], []),
-    ([("large", "blue", "star"), ("small", "yellow", "circle")], [[0, "left of", 1]]),
-    ([("large", "green", "triangle"), ("large", "white", "cross")], [[0, "above", 1]]),
-    ([("small", "red", "circle")], []),  # unseen: red circles never occur in training
-    ([("large", "blue", "triangle"), ("small", "cyan", "square")], [[0, "below", 1]]),  # unseen: blue triangle
-    ([("small", "orange", "star"), ("large", "purple", "circle"), ("large", "green", "diamond")],
-     [[0, "right of", 1], [1, "above", 2]]),  # unseen: orange star
-]
+# The report's search queries: the first scene of each size (1, 2, 3 objects) in the test split
+# and in test_unseen, so that every query has at least one true match in the searched gallery.
+QUERY_SIZES = (1, 2, 3)
 
 
-def _objects(spec) -> list[dict]:
-    return [{"size": s, "colour": c, "shape": sh, "x": 0, "y": 0} for s, c, sh in spec]
+def demo_queries(records: list) -> list[dict]:
+    """One query scene (objects and relations) per split and scene size, from `records`."""
+    picked: dict[tuple[str, int], dict] = {}
+    for r in records:
+        key = (r.split, len(r.attributes["objects"]))
+        if key[1] in QUERY_SIZES and key not in picked:
+            picked[key] = {"objects": r.attributes["objects"], "relations": r.attributes["relations"]}
+    return [picked[key] for key in sorted(picked, key=lambda k: (k[0] != "test", k[1]))]
 
 
-def search_results(model, pairs: ImageTextPairs, image_emb: torch.Tensor, k: int = 8) -> list[dict]:
+def search_results(model, records: list, images: torch.Tensor, image_emb: torch.Tensor, k: int = 8) -> list[dict]:
+    """Top-k images for each demo query among `images` (N, 3, S, S), marked hit or miss."""
     unseen = {tuple(c) for c in shapes.UNSEEN_COMBOS}
     out = []
-    for spec, relations in DEMO_QUERIES:
-        objects = _objects(spec)
-        text = shapes.describe(objects, relations, random.Random(0))
+    for described in demo_queries(records):
+        text = shapes.describe(described["objects"], described["relations"], random.Random(0))
         scores = (image_emb @ model.encode_text([text]).T).squeeze(1)  # (N,)
+        matches = sum(shapes.satisfies(r.attributes, described) for r in records)
         top = scores.topk(k)
-        described = {"objects": objects, "relations": relations}
         results = []
         for score, idx in zip(top.values.tolist(), top.indices.tolist()):
-            hit = shapes.satisfies(pairs.records[idx].attributes, described)
-            img = Image.fromarray(pairs.images[idx].permute(1, 2, 0).numpy())
+            hit = shapes.satisfies(records[idx].attributes, described)
+            img = Image.fromarray(images[idx].permute(1, 2, 0).numpy())
             results.append({"png": png_b64(img), "score": score, "cls": "hit" if hit else "miss"})
-        out.append({"text": text, "results": results, "unseen": any((c, sh) in unseen for _, c, sh in spec)})
+        out.append({"text": text, "results": results, "matches": matches,
+                    "unseen": any((o["colour"], o["shape"]) in unseen for o in described["objects"])})
     return out
 
 
@@ -114,10 +114,16 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, steps: int = 
     print_results(results)
     console.rule("4. report")
     test, image_emb = embeddings["test"].pairs, embeddings["test"].image_emb
+    # Search test and test_unseen together, so the unseen combinations have something to find.
+    gallery = [embeddings[s] for s in ("test", "test_unseen") if s in embeddings]
+    records = [r for g in gallery for r in g.records]
+    images = torch.cat([g.pairs.images for g in gallery])  # (N, 3, S, S)
+    queries = search_results(trained, records, images, torch.cat([g.image_emb for g in gallery]))
     figures = [{"title": "Similarity of test images and captions", "png": png_b64(heatmap_figure(trained, test))},
                {"title": "Training", "png": png_b64(loss_curve(model_dir / "metrics.csv"))}]
     subtitle = (f"model {model}, {n_train:,} training images, {steps:,} steps of {TrainConfig.batch_size} "
-                f"(training took {train_s:.0f} s); test gallery {len(test):,} images; "
+                f"(training took {train_s:.0f} s); test gallery {len(test):,} images "
+                f"(searched with test_unseen: {sum(len(g.records) for g in gallery):,}); "
                 f"whole run {time.perf_counter() - t0:.0f} s")
     return write_report(out / "report.html", "polymodal demo: ShapesWorld", subtitle, results,
-                        search_results(trained, test, image_emb), figures, probe_examples(trained, test, image_emb))
+                        queries, figures, probe_examples(trained, test, image_emb))

@@ -59,6 +59,9 @@ class ImageTextPairs:
         self.records: list[Record] = [usable[i] for i in keep]
         self.images = torch.from_numpy(np.stack([arrays[i] for i in keep]))  # (N, 3, S, S) uint8
         self.is_shapes = all(shapes.is_shapes_record(r.attributes) for r in self.records)
+        # The colour-shape pairs these images hold: hard negatives name no other (see shapes.hard_negatives).
+        self.known_pairs = ({(o["colour"], o["shape"]) for r in self.records for o in r.attributes["objects"]}
+                            if self.is_shapes else set())
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,7 +87,7 @@ class ImageTextPairs:
             yield Batch(self.images[window[rank::world_size]], captions, negatives)
 
     def _negatives(self, index: int, count: int, rng: random.Random) -> list[str]:
-        found = shapes.hard_negatives(self.records[index].attributes, rng, count)
+        found = shapes.hard_negatives(self.records[index].attributes, rng, count, self.known_pairs)
         return found + [rng.choice(self.records[rng.randrange(len(self))].text) for _ in range(count - len(found))]
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -41,8 +41,10 @@ TEMPLATE = Template("""<!doctype html>
 {{ metrics_table }}
 {% if extra_lines %}<ul>{% for line in extra_lines %}<li>{{ line|e }}</li>{% endfor %}</ul>{% endif %}
 {% if queries %}<h2>Text &rarr; image search</h2>
-<p class="note">Top results from the test gallery; green: the image makes every fact of the query true.</p>
-{% for q in queries %}<div class="query"><h3>&ldquo;{{ q.text }}&rdquo;{% if q.unseen %} <em>(unseen combination)</em>{% endif %}</h3>
+<p class="note">Each query describes a scene of the gallery (test and test_unseen together); the top results, green where
+the image makes every fact of the query true.</p>
+{% for q in queries %}<div class="query"><h3>&ldquo;{{ q.text }}&rdquo;{% if q.unseen %} <em>(unseen combination)</em>{% endif %}
+{% if q.matches is defined %}<span class="note">&mdash; {{ q.matches }} matching image{{ 's' if q.matches != 1 }} in the gallery</span>{% endif %}</h3>
 <div class="grid">{% for r in q.results %}<figure><img class="{{ r.cls }}" src="data:image/png;base64,{{ r.png }}"><figcaption>{{ '%.3f' % r.score }}</figcaption></figure>{% endfor %}</div></div>{% endfor %}{% endif %}
 {% if probes %}<h2>Probe pairs</h2>
 <p class="note">One test image per probe family, its true caption and the same caption with one thing changed, with the model's

@@ -274,14 +274,22 @@ NEGATIVE_WEIGHTS = {"swap_colours": 2.0, "swap_relation": 2.0, "swap_shapes": 2.
                     "replace_shape": 1.0, "replace_size": 1.0, "replace_relation": 1.0}
 
 
-def hard_negatives(attributes: dict, rng: random.Random, count: int = 1) -> list[str]:
+def hard_negatives(attributes: dict, rng: random.Random, count: int = 1,
+                   known_pairs: set[tuple[str, str]] | None = None) -> list[str]:
     """Up to `count` captions that each contradict the scene in one fact, each of another kind
-    (NegCLIP-style hard negatives; several a scene make them dense)."""
+    (NegCLIP-style hard negatives; several a scene make them dense).
+
+    `known_pairs`: the colour-shape pairs the training images hold. A negative naming any other
+    pair is not used: it would teach that such a pair never matches an image. Trained with them,
+    the demo's model found 0.12 less R@1 on `test_unseen` than on `test` (2,000 images each);
+    without them 0.01, the probes unchanged (benchmarks/README.md)."""
     # A weighted random order of the kinds (Efraimidis-Spirakis keys); those that apply are used.
     kinds = sorted(NEGATIVE_WEIGHTS, key=lambda k: rng.random() ** (1 / NEGATIVE_WEIGHTS[k]), reverse=True)
     out = []
     for kind in kinds:
         changed = counterfactual(attributes, kind, rng)
+        if changed is not None and known_pairs is not None:
+            changed = changed if all((o["colour"], o["shape"]) in known_pairs for o in changed[0]) else None
         if changed is not None:
             out.append(describe(*changed, rng))
             if len(out) == count:
