@@ -124,22 +124,7 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     if not len(train_set):
         raise DataError(f"{cfg.data}: no records in split 'train' (splits: {data.splits})")
 
-    state = None
-    pretrained = is_pretrained_source(cfg.model)
-    if cfg.resume and (out / STATE_FILE).exists() and (pretrained or is_checkpoint(out)):
-        model = (load_trainable(str(out), lock_image=cfg.lock_image, lock_text=cfg.lock_text, device=device)
-                 if pretrained else load_checkpoint(out, device))
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
-    elif pretrained:
-        model = load_trainable(cfg.model, cfg.lora, cfg.lock_image, cfg.lock_text, device)
-    else:
-        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text)).to(device)
-        if cfg.loss == "siglip" and model.logit_bias is None:
-            # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
-            # negative pairs do not swamp the first steps.
-            model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
-            model.logit_scale.data.fill_(math.log(10))
-            model.config.init_logit_bias, model.config.init_logit_scale = -10.0, math.log(10)
+    model, state, pretrained = _build_model(cfg, train_set, out, device)
     if cfg.lora and not pretrained:
         raise ValueError(f"--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), not '{cfg.model}'")
     if cfg.loss == "siglip" and model.logit_bias is None:
@@ -226,6 +211,28 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
             start_time += time.perf_counter() - paused
     log.close()
     return out
+
+
+def _build_model(cfg: TrainConfig, train_set, out: Path, device: str):
+    """(model, saved training state or None, whether the model is pretrained): resumed from `out`,
+    loaded from a pretrained source, or created from a preset with a tokenizer from the captions."""
+    state = None
+    pretrained = is_pretrained_source(cfg.model)
+    if cfg.resume and (out / STATE_FILE).exists() and (pretrained or is_checkpoint(out)):
+        model = (load_trainable(str(out), lock_image=cfg.lock_image, lock_text=cfg.lock_text, device=device)
+                 if pretrained else load_checkpoint(out, device))
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    elif pretrained:
+        model = load_trainable(cfg.model, cfg.lora, cfg.lock_image, cfg.lock_text, device)
+    else:
+        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text)).to(device)
+        if cfg.loss == "siglip" and model.logit_bias is None:
+            # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
+            # negative pairs do not swamp the first steps.
+            model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
+            model.logit_scale.data.fill_(math.log(10))
+            model.config.init_logit_bias, model.config.init_logit_scale = -10.0, math.log(10)
+    return model, state, pretrained
 
 
 def _default_lr(cfg: TrainConfig, pretrained: bool) -> float:
