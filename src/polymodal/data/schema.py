@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..errors import DataError  # re-exported: the records and readers raise it
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """A dataset problem worth one clear line to the user (bad file, bad record, bad format)."""
 
 
 @dataclass
