@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -10,6 +11,16 @@ from typing import Any, Iterable, Iterator
 from ..errors import DataError  # re-exported: the records and readers raise it
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A file name fit for one line of output: as it is when it is plain, else as a Python string
+    literal, so that bytes that are not UTF-8 (held as lone surrogates), newlines, control characters
+    and leading or trailing spaces show as escapes instead of breaking the line or the encoder."""
+    text = os.fsdecode(path)
+    if text.isprintable() and text == text.strip():  # a lone surrogate is not printable
+        return text
+    return repr(text)
 
 
 @dataclass
