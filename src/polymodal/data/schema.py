@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -21,6 +23,31 @@ def printable_path(path: str | os.PathLike) -> str:
     if text.isprintable() and text == text.strip():  # a lone surrogate is not printable
         return text
     return repr(text)
+
+
+class UnreadableFileError(DataError):
+    """One input file that cannot be used. `str()` is the line for the user; `path` (printable)
+    and `reason` are kept apart for skip lists, which show them side by side."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = printable_path(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def media_problem(path: str | os.PathLike) -> str | None:
+    """Why a media file cannot be used, from its name and its status alone; None when it can.
+    A name that is not UTF-8 cannot be written to a manifest, an index or a report, so it is refused."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename the file)"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as err:  # ELOOP: a symlink loop; EACCES: a folder on the way that cannot be searched
+        return "a symlink loop" if err.errno == errno.ELOOP else f"cannot be read ({err.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 @dataclass
@@ -55,6 +82,8 @@ class Record:
         text = obj.get("text", [])
         if isinstance(text, str):
             text = [text]
+        if not isinstance(text, list) or any(not isinstance(obj.get(k), (str, type(None))) for k in ("image", "audio")):
+            raise DataError("'image' and 'audio' must be paths, 'text' a string or a list of strings")
         return cls(
             id=str(obj["id"]),
             split=obj.get("split", "train"),
@@ -74,6 +103,7 @@ class SkipLog:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, where: str, reason: str) -> None:
+        where = printable_path(where)  # a file name that is not UTF-8, or holds a newline, stays one line
         if self.strict:
             raise DataError(f"{where}: {reason}")
         self.skipped.append((where, reason))
@@ -123,9 +153,11 @@ def validate(records: Iterable[Record], root: Path, skips: SkipLog, need_text: b
     """Drop records whose media file is missing or whose captions are empty; log each."""
     kept = []
     for rec in records:
-        missing = [k for k in ("image", "audio") if getattr(rec, k) and not (root / getattr(rec, k)).is_file()]
-        if missing:
-            skips.skip(str(root / getattr(rec, missing[0])), "file not found")
+        problems = [(root / getattr(rec, k), media_problem(root / getattr(rec, k)))
+                    for k in ("image", "audio") if getattr(rec, k)]
+        problems = [(path, why) for path, why in problems if why]
+        if problems:
+            skips.skip(str(problems[0][0]), problems[0][1])
             continue
         captions = [t.strip() for t in rec.text if isinstance(t, str) and t.strip()]
         if not captions and (rec.text or need_text):

@@ -11,7 +11,6 @@ Memory is bounded by (prefetch + 1) batches plus one shard, whatever the size of
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import time
 from collections import deque
@@ -22,7 +21,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..data.schema import DataError
+from ..data.schema import UnreadableFileError, printable_path
+from ..errors import DataError, IndexFormatError
+from ..modalities.image import decode_image_bytes, read_image_bytes
 from .sources import Item, count_source, iter_source
 from .store import Index
 
@@ -67,7 +68,7 @@ class BuildReport:
     def summary(self, limit: int = 10) -> str:
         lines = [f"added {self.added}, already indexed {self.already_indexed}, duplicates {self.duplicates}, "
                  f"skipped {len(self.skipped)}; index holds {self.total}"]
-        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped[:limit]]
+        lines += [f"  skipped {printable_path(path)}: {reason}" for path, reason in self.skipped[:limit]]
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more (polymodal index info --skipped)")
         return "\n".join(lines)
@@ -78,17 +79,26 @@ class BuildReport:
 
 def read_item(item: Item, preprocess) -> tuple[str | None, object, str | None]:
     """-> (content hash, preprocessed (1, 3, S, S) tensor, None) or (None, None, reason)."""
-    from PIL import Image, UnidentifiedImageError
-
+    if item.error:
+        return None, None, item.error
     try:
-        data = Path(item.path).read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            tensor = preprocess([img.convert("RGB")])
-    except FileNotFoundError:
-        return None, None, "file not found"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, DataError) as err:
-        return None, None, f"not a readable image ({err.__class__.__name__})"
+        data = read_image_bytes(item.path)
+        tensor = preprocess([decode_image_bytes(data, item.path)])
+    except UnreadableFileError as err:
+        return None, None, err.reason
+    except (DataError, ValueError, OSError) as err:  # the model's own preprocessing refused it
+        return None, None, f"cannot be preprocessed ({err.__class__.__name__})"
     return hashlib.sha1(data).hexdigest(), tensor, None
+
+
+def listed_items(items: Iterable[Item], writer: "ShardWriter", on_skip) -> Iterator[Item]:
+    """The items a reader can try; those the source already refused go straight to the skip list."""
+    for item in items:
+        if item.error is None:
+            yield item
+        else:
+            writer.skip([(item.path, item.error)])
+            on_skip(1)
 
 
 def pending_batches(index: Index, items: Iterable[Item], size: int, report: BuildReport, on_known) -> Iterator[list[Item]]:
@@ -173,11 +183,7 @@ class ShardWriter:
     def write(self, batch: EncodedBatch) -> None:
         rows = iter(batch.vectors)
         good = [(item, h, next(rows)) for item, h, err in zip(batch.items, batch.hashes, batch.errors) if err is None]
-        failed = [(item.path, err) for item, err in zip(batch.items, batch.errors) if err is not None]
-        if failed and self.strict:
-            raise DataError(f"{failed[0][0]}: {failed[0][1]}")
-        self.index.record_skips(failed)
-        self.report.skipped += failed
+        self.skip([(item.path, err) for item, err in zip(batch.items, batch.errors) if err is not None])
         known = self.index.known_hashes([h for _, h, _ in good])
         for item, h, vec in good:
             if h in known or h in self.buffered_hashes:
@@ -187,6 +193,13 @@ class ShardWriter:
             self.buffered_hashes.add(h)
         while len(self.buffer) >= self.shard_size:
             self.flush(self.shard_size)
+
+    def skip(self, failed: list[tuple[str, str]]) -> None:
+        """Record (path, reason) pairs as skipped; with `strict`, the first one stops the build."""
+        if failed and self.strict:
+            raise DataError(f"{printable_path(failed[0][0])}: {failed[0][1]}")
+        self.index.record_skips(failed)
+        self.report.skipped += failed
 
     def flush(self, count: int | None = None) -> None:
         """Write the first `count` buffered items (default: all) as one shard."""
@@ -210,7 +223,7 @@ def open_for_build(cfg: BuildConfig, model) -> Index:
         index.check_model(model)
     else:
         if cfg.model is None:
-            raise DataError(f"{out}: no index here (build one with --model first)")
+            raise IndexFormatError(f"{out}: no index here (build one with --model first)")
         spec = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model  # usable from anywhere
         index = Index.create(out, spec, model.model_id, model.embed_dim, cfg.kind)
     index.drop_orphan_shards()
@@ -223,7 +236,7 @@ def load_model_for(cfg: BuildConfig):
     spec = cfg.model
     if spec is None:
         if not (Path(cfg.out) / "manifest.json").exists():
-            raise DataError(f"{cfg.out}: no index here (build one with --model first)")
+            raise IndexFormatError(f"{cfg.out}: no index here (build one with --model first)")
         spec = Index.open(cfg.out).manifest["model"]
     return load(spec, device=cfg.device)
 
@@ -238,8 +251,9 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
     total = count_source(cfg.source)
     with progress_bar(cfg.progress) as bar:
         task = bar.add_task("indexing", total=total)
-        batches = pending_batches(index, iter_source(cfg.source), cfg.batch_size, report,
-                                  on_known=lambda n: bar.advance(task, n))
+        writer = ShardWriter(index, cfg.shard_size, report, cfg.strict)
+        items = listed_items(iter_source(cfg.source), writer, on_skip=lambda n: bar.advance(task, n))
+        batches = pending_batches(index, items, cfg.batch_size, report, on_known=lambda n: bar.advance(task, n))
         if cfg.ray is None:
             workers = default_workers() if cfg.workers is None else cfg.workers
             encoded = encode_local(model, batches, workers, cfg.prefetch)
@@ -247,7 +261,6 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
             from .ray_stage import encode_ray
 
             encoded = encode_ray(index.manifest["model"], batches, cfg)
-        writer = ShardWriter(index, cfg.shard_size, report, cfg.strict)
         start, done = time.perf_counter(), 0
         for batch in encoded:
             writer.write(batch)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from ..config import ImageTowerConfig
-from ..data.schema import DataError, printable_path
+from ..data.schema import DataError, UnreadableFileError, media_problem
 
 
 @dataclass
@@ -35,49 +35,55 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file as RGB (see `decode_image_bytes`); any unreadable file raises one
-    DataError naming it (printable whatever its name) and the reason."""
+    UnreadableFileError (a DataError) naming it, printably whatever its name, and the reason."""
+    return decode_image_bytes(read_image_bytes(path), path)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of a media file, or UnreadableFileError with the reason it cannot be read."""
+    problem = media_problem(path)  # a FIFO or a device would block or never end
+    if problem:
+        raise UnreadableFileError(path, problem)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{printable_path(path)}: file not found") from None
+        return Path(path).read_bytes()
+    except FileNotFoundError:  # it vanished since it was listed
+        raise UnreadableFileError(path, "file not found") from None
     except PermissionError:
-        raise DataError(f"{printable_path(path)}: permission denied") from None
-    except IsADirectoryError:
-        raise DataError(f"{printable_path(path)}: a directory, not an image file") from None
-    except OSError as err:  # a symlink loop, an I/O error, a name too long
-        raise DataError(f"{printable_path(path)}: cannot be read ({err.strerror or err.__class__.__name__})") from None
-    return decode_image_bytes(data, path)
+        raise UnreadableFileError(path, "permission denied") from None
+    except OSError as err:  # an I/O error, a name too long
+        raise UnreadableFileError(path, f"cannot be read ({err.strerror or err.__class__.__name__})") from None
 
 
 def decode_image_bytes(data: bytes, name: str | Path) -> Image.Image:
     """Image file bytes -> an RGB PIL image (the first frame of an animation, EXIF rotation
-    applied, 16-bit scaled to 8-bit); anything else raises DataError naming `name` and the reason.
-    Images over MAX_IMAGE_PIXELS or MAX_IMAGE_SIDE are refused from their header, before decoding."""
-    shown = printable_path(name)
+    applied, 16-bit scaled to 8-bit); anything else raises UnreadableFileError (a DataError) naming
+    `name` and the reason. Images over MAX_IMAGE_PIXELS or MAX_IMAGE_SIDE are refused from their
+    header, before decoding."""
     if not data:
-        raise DataError(f"{shown}: empty file")
+        raise UnreadableFileError(name, "empty file")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            _check_size(img, shown)
+            _check_size(img, name)
             img.seek(0)
             return _to_rgb(ImageOps.exif_transpose(img))
     except DataError:
         raise
     except Image.DecompressionBombError:  # PIL refuses from the header too, at twice its own limit
-        raise DataError(f"{shown}: too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a decompression bomb?)") from None
+        raise UnreadableFileError(name, f"too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: "
+                                        "a decompression bomb?)") from None
     except UnidentifiedImageError:  # its message names a BytesIO object, which helps nobody
-        raise DataError(f"{shown}: not a readable image (unknown format, or damaged)") from None
+        raise UnreadableFileError(name, "not a readable image (unknown format, or damaged)") from None
     except _DECODE_ERRORS as err:
-        raise DataError(f"{shown}: not a readable image ({err.__class__.__name__}: {_first_line(err)})") from None
+        raise UnreadableFileError(name, f"not a readable image ({err.__class__.__name__}: {_first_line(err)})") from None
 
 
-def _check_size(img: Image.Image, shown: str) -> None:
+def _check_size(img: Image.Image, name: str | Path) -> None:
     w, h = img.size
     if w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
-        raise DataError(f"{shown}: too large ({w}x{h} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels "
-                        f"and {MAX_IMAGE_SIDE} a side)")
+        raise UnreadableFileError(name, f"too large ({w}x{h} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels "
+                                        f"and {MAX_IMAGE_SIDE} a side)")
     if w < 1 or h < 1:
-        raise DataError(f"{shown}: empty image ({w}x{h} pixels)")
+        raise UnreadableFileError(name, f"empty image ({w}x{h} pixels)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -96,15 +102,57 @@ def _first_line(err: BaseException) -> str:
     return text[0][:120] if text else "no detail"
 
 
-def image_to_uint8(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to `size`, centre-crop, and return (3, size, size) uint8."""
-    if img.size != (size, size):
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+# Pillow's filters by name; a pretrained checkpoint names its own (see backends.base.ImageSpec).
+PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+               "lanczos": Image.LANCZOS}
+RESIZE_MODES = ("shortest", "squash")
+RESAMPLERS = ("pil", "torch")
+
+
+def resize_and_crop(img: Image.Image, size: int, mode: str = "shortest", interpolation: str = "bicubic",
+                    resampler: str = "pil", long_side: str = "round", crop_offset: str = "floor") -> np.ndarray:
+    """PIL image -> (3, size, size) uint8: the shorter side resized to `size` and the centre kept
+    (mode "shortest"), or the whole image squashed to the square ("squash").
+
+    The defaults are polymodal's own models'. The pretrained backends pass their reference
+    library's conventions, which differ in three ways that each move pixels by one uint8 step:
+    - resampler: "pil" (Pillow: transformers' slow image processors, open_clip's transforms) or
+      "torch" (torch's antialiased uint8 interpolation, through torchvision: the fast processors);
+    - long_side: "round" (polymodal) or "truncate" (torchvision and transformers: int(size * long / short));
+    - crop_offset: "floor" (transformers, polymodal) or "round" (torchvision's CenterCrop)."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = _resized_size(img.size, size, mode, long_side)
+    pixels = _resize_pil(img, w, h, interpolation) if resampler == "pil" else _resize_torch(img, w, h, interpolation)
+    half = (lambda d: d // 2) if crop_offset == "floor" else (lambda d: int(round(d / 2.0)))
+    top, left = half(h - size), half(w - size)
+    return pixels[:, top:top + size, left:left + size].copy()  # C-contiguous, writable
+
+
+def _resized_size(wh: tuple[int, int], size: int, mode: str, long_side: str) -> tuple[int, int]:
+    """(width, height) after resizing, rounded the way the convention does."""
+    if mode == "squash":
+        return size, size
+    w, h = wh
+    short, long = min(w, h), max(w, h)
+    new_long = round(long * (size / short)) if long_side == "round" else int(size * long / short)
+    return (size, new_long) if w <= h else (new_long, size)
+
+
+def _resize_pil(img: Image.Image, w: int, h: int, interpolation: str) -> np.ndarray:
+    if img.size != (w, h):
+        img = img.resize((w, h), PIL_FILTERS[interpolation])
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (3, h, w)
+
+
+def _resize_torch(img: Image.Image, w: int, h: int, interpolation: str) -> np.ndarray:
+    # Imported here: torchvision takes seconds to import and only this path needs it. Its resize is
+    # the fast processors' own call (antialiased, uint8 in and out on the CPU), so the pixels match.
+    from torchvision.transforms.v2 import functional as tvF
+
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # (3, H, W)
+    pixels = tvF.resize(pixels, [h, w], interpolation=tvF.InterpolationMode(interpolation), antialias=True)
+    return pixels.numpy()
 
 
 class ImageNormalize(nn.Module):

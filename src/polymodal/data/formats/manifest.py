@@ -15,12 +15,14 @@ def read_manifest(root: Path, skips: SkipLog) -> list[Record]:
     if not path.is_file():
         raise DataError(f"{path}: no manifest.jsonl here (is this a polymodal dataset directory?)")
     records = []
-    with path.open() as f:
+    with path.open("rb") as f:  # bytes, so that one line that is not UTF-8 costs that line only
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.append(Record.from_json(json.loads(line)))
+                records.append(Record.from_json(json.loads(line.decode("utf-8"))))
+            except UnicodeDecodeError:
+                skips.skip(f"{path}:{line_no}", "bad record (not valid UTF-8)")
             except (json.JSONDecodeError, DataError) as err:
                 skips.skip(f"{path}:{line_no}", f"bad record ({err})")
     return records
