@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .schema import DataError, RecordSet
+from ..modalities.image import load_image
+from .schema import DataError, RecordSet, UnreadableFileError
 
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -112,15 +113,10 @@ def vqa_tensors(data: RecordSet, vocab: QuestionVocab, answers: list[str], image
     with progress_bar(progress) as bar:
         task = bar.add_task("decoding images", total=len(records))
         for rec in records:
-            path = data.path(rec.image)
             try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    if im.size != (image_size, image_size):
-                        im = im.resize((image_size, image_size), Image.BILINEAR)
-                    images[len(kept)] = np.asarray(im)
-            except (OSError, ValueError) as err:
-                data.skips.skip(str(path), f"not a readable image ({err.__class__.__name__})")
+                images[len(kept)] = _square_image(data.path(rec.image), image_size)
+            except UnreadableFileError as err:
+                data.skips.skip(str(data.path(rec.image)), err.reason)
                 bar.advance(task)
                 continue
             i = len(kept)
@@ -138,6 +134,14 @@ def vqa_tensors(data: RecordSet, vocab: QuestionVocab, answers: list[str], image
         raise DataError(f"{data.root}: none of the images could be read")
     return VQATensors(torch.from_numpy(images[:n]).permute(0, 3, 1, 2).contiguous(), questions[:n], ans[:n],
                       relational[:n], subtypes[:n], subtype_names, texts, kept)
+
+
+def _square_image(path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8, stretched (not cropped) as the VQA models were trained."""
+    im = load_image(path)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def answer_vocabulary(data: RecordSet) -> list[str]:

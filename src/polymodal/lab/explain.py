@@ -8,21 +8,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.schema import DataError
+from ..modalities.image import load_image
 from ..utils import atomic_path
 
 
 def read_image(path: str | Path, size: int) -> torch.Tensor:
-    """(1, 3, size, size) uint8; a clear DataError for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None]
-    except OSError:
-        raise DataError(f"{path}: not a readable image") from None
+    """(1, 3, size, size) uint8; a clear DataError (from `load_image`) for any unreadable file."""
+    im = load_image(path).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None]
 
 
 @torch.no_grad()
