@@ -34,13 +34,13 @@ def _unit(x):
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_hf_model_matches_transformers(tmp_path, kind):
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, SiglipImageProcessorPil
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     ref = make_hf_model(tmp_path, kind)
     model = polymodal.load(tmp_path)
     assert model.model_id == f"hf:{tmp_path.resolve()}"
     assert model.embed_dim == (24 if kind == "clip" else 32)  # SigLIP: the text width, no projection
-    processor = (CLIPImageProcessorPil if kind == "clip" else SiglipImageProcessorPil).from_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)  # transformers' own choice (tests/test_parity.py: each)
     pixels = processor(images=_images(), return_tensors="pt")["pixel_values"]
     tok = AutoTokenizer.from_pretrained(tmp_path)
     padding = dict(padding="max_length", max_length=48) if kind == "siglip" else dict(padding=True)

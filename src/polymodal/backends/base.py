@@ -21,52 +21,42 @@ from PIL import Image
 from torch import nn
 
 from ..data.schema import DataError
-from ..modalities.image import ImageNormalize
+from ..modalities.image import PIL_FILTERS, RESAMPLERS, RESIZE_MODES, ImageNormalize, resize_and_crop
 from ..models.interface import DualEncoder
 
-INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-                  "lanczos": Image.LANCZOS}
 BACKEND_FILE = "polymodal_backend.json"  # marks a directory written by polymodal for a pretrained model
 
 
 @dataclass
 class ImageSpec:
-    """How the checkpoint turns a picture into pixels (its image processor / preprocess config)."""
+    """How the checkpoint turns a picture into pixels (its image processor / preprocess config);
+    the conventions are those of `resize_and_crop`, which does the work."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "shortest"  # "shortest": shorter side to image_size, then centre crop; "squash": to a square
     interpolation: str = "bicubic"
+    # Pillow ("pil": open_clip, transformers' slow processors) or torch ("torch": the fast processors).
+    resampler: str = "pil"
     # The centre-crop offset: torchvision (open_clip) rounds (h - s) / 2, transformers floors it.
     crop_offset: str = "round"
     # The longer side after resizing: both libraries truncate; polymodal's own models round.
     long_side: str = "truncate"
 
     def __post_init__(self):
-        if self.resize not in ("shortest", "squash"):
-            raise ValueError(f"unsupported resize mode '{self.resize}' (shortest or squash)")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unsupported interpolation '{self.interpolation}' ({', '.join(INTERPOLATIONS)})")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unsupported resize mode '{self.resize}' ({' or '.join(RESIZE_MODES)})")
+        if self.interpolation not in PIL_FILTERS:
+            raise ValueError(f"unsupported interpolation '{self.interpolation}' ({', '.join(PIL_FILTERS)})")
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"unsupported resampler '{self.resampler}' ({' or '.join(RESAMPLERS)})")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
 
-    def to_uint8(self, img: Image.Image) -> np.ndarray:
+    def pixels(self, img: Image.Image) -> np.ndarray:
         """PIL image -> (3, S, S) uint8, resized and cropped as the reference library does."""
-        s, resample = self.image_size, INTERPOLATIONS[self.interpolation]
-        img = img.convert("RGB")
-        if self.resize == "squash":
-            img = img.resize((s, s), resample)
-        else:
-            w, h = img.size
-            short, long = (w, h) if w <= h else (h, w)
-            new_long = round(long * (s / short)) if self.long_side == "round" else int(s * long / short)
-            size = (s, new_long) if w <= h else (new_long, s)
-            if size != img.size:
-                img = img.resize(size, resample)
-            rnd = (lambda d: int(round(d / 2.0))) if self.crop_offset == "round" else (lambda d: d // 2)
-            left, top = rnd(img.width - s), rnd(img.height - s)
-            img = img.crop((left, top, left + s, top + s))
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+        return resize_and_crop(img, self.image_size, self.resize, self.interpolation, self.resampler,
+                               self.long_side, self.crop_offset)
 
 
 @dataclass
@@ -116,7 +106,7 @@ class PretrainedModel(DualEncoder, nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def _to_uint8(self, image: Image.Image) -> np.ndarray:
-        return self.config.image.to_uint8(image)
+        return self.config.image.pixels(image)
 
     # -- fine-tuning -----------------------------------------------------------------------------
 

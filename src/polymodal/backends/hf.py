@@ -116,6 +116,7 @@ def load_hf(source: str, model_id: str | None = None) -> HFModel:
             model = AutoModel.from_pretrained(source, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source)
             processor = _read_processor_config(source)
+            resampler = _reference_resampler(source) if processor else "pil"
         except OSError as err:
             if local:
                 raise DataError(f"{source}: not a complete Hugging Face model directory ({_first_line(err)})") from None
@@ -124,7 +125,7 @@ def load_hf(source: str, model_id: str | None = None) -> HFModel:
                             f"(`hf download {source} --local-dir DIR`) and pass DIR, or point HF_HOME "
                             f"at a cache that holds it") from None
     text_config = config.text_config
-    image = _image_spec(processor, config)
+    image = _image_spec(processor, config, resampler)
     tok = HFTokenizer(tokenizer, text_config.max_position_embeddings, pad_to_context=config.model_type == "siglip")
     name = model_id or (f"hf:{Path(source).resolve()}" if local else f"hf:{source}")
     return HFModel(model.eval(), tok, image, name, str(Path(source).resolve()) if local else source)
@@ -144,7 +145,25 @@ def _read_processor_config(source: str) -> dict:
     return json.loads(Path(path).read_text()) if path else {}
 
 
-def _image_spec(proc: dict, config) -> ImageSpec:
+def _reference_resampler(source: str) -> str:
+    """How transformers' own `AutoImageProcessor` resizes for this checkpoint: "torch" for a fast
+    (torchvision) processor, which transformers 5 loads by default where torchvision is installed;
+    "pil" for a slow one (Pillow). The two differ by a uint8 step at many pixels."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "now loaded as a fast processor by default" is not the user's business
+    try:
+        processor = AutoImageProcessor.from_pretrained(source)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    backend = getattr(processor, "backend", None)  # recent transformers name it; earlier, the class name does
+    fast = backend == "torchvision" if isinstance(backend, str) else type(processor).__name__.endswith("Fast")
+    return "torch" if fast else "pil"
+
+
+def _image_spec(proc: dict, config, resampler: str = "pil") -> ImageSpec:
     """The image processor's settings; without a preprocessor_config.json, the model family's defaults."""
     siglip = config.model_type == "siglip"
     size = config.vision_config.image_size
@@ -164,7 +183,8 @@ def _image_spec(proc: dict, config) -> ImageSpec:
         raise ValueError(f"unsupported image processor settings: size={resize}, do_center_crop={crop}")
     return ImageSpec(image_size=side, mean=tuple(proc.get("image_mean", default_mean)),
                      std=tuple(proc.get("image_std", default_std)), resize=mode,
-                     interpolation=RESAMPLE.get(proc.get("resample", 3), "bicubic"), crop_offset="floor")
+                     interpolation=RESAMPLE.get(proc.get("resample", 3), "bicubic"), resampler=resampler,
+                     crop_offset="floor")
 
 
 def _write_processor_config(image: ImageSpec, path: Path) -> None:
@@ -179,4 +199,6 @@ def _write_processor_config(image: ImageSpec, path: Path) -> None:
     else:
         cfg.update(image_processor_type="SiglipImageProcessor", do_center_crop=False,
                    size={"height": image.image_size, "width": image.image_size})
+    if image.resampler == "torch":  # "...Fast" loads the torchvision processor in every transformers release
+        cfg["image_processor_type"] += "Fast"
     path.write_text(json.dumps(cfg, indent=2))

@@ -235,7 +235,7 @@ class OnnxModel(EncoderInterface):
         return self
 
     def _to_uint8(self, image) -> np.ndarray:
-        return self.config.image.to_uint8(image)
+        return self.config.image.pixels(image)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.uint8:  # [0, 1] floats, as the PyTorch models also accept

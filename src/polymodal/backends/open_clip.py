@@ -175,6 +175,6 @@ def load_open_clip(spec: str, model_id: str | None = None) -> OpenClipModel:
         size = size[0]
     image = ImageSpec(image_size=int(size), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
                       resize=pre.get("resize_mode", "shortest"), interpolation=pre.get("interpolation", "bicubic"),
-                      crop_offset="round")
+                      resampler="pil", crop_offset="round", long_side="truncate")  # torchvision on PIL images
     source = f"open_clip:{spec}" if file is None else name
     return OpenClipModel(model.eval(), OpenClipTokenizer(tokenizer), image, model_id or name, model_cfg, source)

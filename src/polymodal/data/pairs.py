@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..modalities.image import image_to_uint8, load_image
+from ..modalities.image import load_image, resize_and_crop
 from ..utils import progress_bar
 from .schema import DataError, Record, RecordSet
 from .synthetic import shapes
@@ -45,7 +45,7 @@ class ImageTextPairs:
 
         def decode(i: int) -> None:
             try:
-                arrays[i] = image_to_uint8(load_image(data.path(usable[i].image)), image_size)
+                arrays[i] = resize_and_crop(load_image(data.path(usable[i].image)), image_size)
             except DataError as err:
                 data.skips.skip(str(data.path(usable[i].image)), str(err).split(": ", 1)[-1])
 

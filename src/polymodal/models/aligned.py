@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig
-from ..modalities.image import ImageNormalize, build_image_tower, image_to_uint8
+from ..modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ..modalities.text import Tokenizer, build_text_tower
 from .interface import DualEncoder
 
@@ -59,4 +59,4 @@ class AlignedModel(DualEncoder, nn.Module):
 
     def _to_uint8(self, image: Image.Image) -> np.ndarray:
         """PIL image -> (3, S, S) uint8, resized and centre-cropped."""
-        return image_to_uint8(image, self.config.image.image_size)
+        return resize_and_crop(image, self.config.image.image_size)
