@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..data.schema import printable_path
+
 index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect embedding indexes.")
 console = Console()
 
@@ -29,7 +31,7 @@ def _build(source: Path, out: Path, model: Optional[str], kind: str, batch_size:
                       ray=ray_address or ("local" if ray else None), ray_actors=ray_actors, strict=strict,
                       device=device)
     report = build_index(cfg)
-    console.print(report.summary(), highlight=False)
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)  # file names stay whole
 
 
 @index_app.command("build")
@@ -108,7 +110,7 @@ def info_cmd(
                 console.print(f"{key:>12}: {value}", highlight=False)
         if skipped:
             for path, reason in idx.skipped():
-                console.print(f"  {path}: {reason}", highlight=False)
+                console.print(f"  {printable_path(path)}: {reason}", highlight=False, markup=False, soft_wrap=True)
 
 
 def search_cmd(
