@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 import polymodal
 from polymodal.backends.hf import _reference_resampler
 
 from backend_fixtures import make_hf_model, make_open_clip_checkpoint
+
+transformers = pytest.importorskip("transformers")  # the pretrained extra
 
 # (width, height): upscaled, downscaled, extreme strips, one pixel, one pixel off the crop, a
 # 3-pixel side (ambiguous channels for transformers' inference), and one size twice (the fast
