@@ -31,7 +31,7 @@ from polymodal.data.synthetic.shapes import ShapesConfig, generate
 from polymodal.demo import DEMO_STEPS
 from polymodal.evaluate import evaluate
 from polymodal.evaluate.probes import ARO, FAMILIES
-from polymodal.train.checkpoint import load_checkpoint
+from polymodal.models.checkpoint import load_checkpoint
 from polymodal.train.loop import TrainConfig, train
 from polymodal.utils import write_json
 

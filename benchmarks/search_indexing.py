@@ -83,7 +83,7 @@ def main() -> None:
 
     import polymodal
     from polymodal.data.synthetic.shapes import ShapesConfig, generate
-    from polymodal.train.checkpoint import save_checkpoint
+    from polymodal.models.checkpoint import save_checkpoint
 
     print("machine shared with other jobs; encoder and pipeline runs alternate, medians reported")
     with tempfile.TemporaryDirectory() as tmp:

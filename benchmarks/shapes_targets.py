@@ -22,7 +22,7 @@ from rich.table import Table
 from polymodal.data import load_records
 from polymodal.data.synthetic.shapes import ShapesConfig, generate
 from polymodal.evaluate import evaluate
-from polymodal.train.checkpoint import load_checkpoint
+from polymodal.models.checkpoint import load_checkpoint
 from polymodal.train.loop import TrainConfig, train
 
 console = Console()

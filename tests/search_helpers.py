@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import polymodal
-from polymodal.train.checkpoint import save_checkpoint
+from polymodal.models.checkpoint import save_checkpoint
 
 CAPTIONS = ["a small red circle", "a big blue square to the left of a green star", "a yellow triangle"]
 

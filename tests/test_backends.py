@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import polymodal
 from polymodal.backends import merge_lora
 from polymodal.cli import app
-from polymodal.data.schema import DataError
+from polymodal.errors import CheckpointError
 
 from backend_fixtures import make_hf_model, make_open_clip_checkpoint
 
@@ -71,17 +71,17 @@ def test_open_clip_checkpoint_file_matches_open_clip(tmp_path):
 def test_missing_models_fail_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(DataError, match="not in the Hugging Face cache.*offline.*pass DIR"):
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache.*offline.*pass DIR"):
         polymodal.load("hf:openai/clip-vit-base-patch32")
-    with pytest.raises(DataError, match=r"offline.*open_clip:ViT-B-32@/path"):
+    with pytest.raises(CheckpointError, match=r"offline.*open_clip:ViT-B-32@/path"):
         polymodal.load("open_clip:ViT-B-32/laion2b_s34b_b79k")
     with pytest.raises(ValueError, match="no pretrained tag 'nope'"):
         polymodal.load("open_clip:ViT-B-32/nope")
-    with pytest.raises(DataError, match="needs its architecture"):
+    with pytest.raises(CheckpointError, match="needs its architecture"):
         (tmp_path / "w.pt").write_bytes(b"x")
         polymodal.load(str(tmp_path / "w.pt"))
     result = CliRunner().invoke(app, ["similarity", "x.png", "a cat", "--model", "hf:openai/clip-vit-base-patch32"])
-    assert result.exit_code != 0 and isinstance(result.exception, DataError)
+    assert result.exit_code != 0 and isinstance(result.exception, CheckpointError)
 
 
 def test_lora_on_vit_b_32_trains_under_two_percent():
@@ -200,7 +200,7 @@ def test_onnx_export_matches_pytorch(tmp_path, kind):
 
 
 def test_polymodal_checkpoint_exports_to_onnx(tmp_path):
-    from polymodal.train.checkpoint import save_checkpoint
+    from polymodal.models.checkpoint import save_checkpoint
 
     model = polymodal.create_model("shapes-cnn-tiny", texts=TEXTS)
     save_checkpoint(model, tmp_path / "ckpt")

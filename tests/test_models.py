@@ -3,8 +3,9 @@ import torch
 
 import polymodal
 from polymodal.data.schema import DataError
+from polymodal.errors import CheckpointError
 from polymodal.registry import UnknownNameError
-from polymodal.train.checkpoint import load_checkpoint, save_checkpoint
+from polymodal.models.checkpoint import load_checkpoint, save_checkpoint
 
 CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc"]
 
@@ -51,12 +52,12 @@ def test_unknown_preset_names_the_known_ones():
 
 
 def test_missing_and_damaged_checkpoints(tmp_path):
-    with pytest.raises(DataError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
         polymodal.load(tmp_path / "nothing")
     model = polymodal.create_model("shapes-cnn-tiny", texts=CAPTIONS)
     save_checkpoint(model, tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="unreadable weights"):
+    with pytest.raises(CheckpointError, match="unreadable weights"):
         polymodal.load(tmp_path / "c")
 
 

@@ -11,23 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import parse_duration
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="polymodal: multimodal learning toolkit (shared embedding spaces, retrieval, evaluation).")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
-
-def parse_duration(text: str | None) -> float | None:
-    """'180', '180s', '3m', '1.5h' -> seconds."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise typer.BadParameter(f"'{text}' is not a duration (e.g. 90s, 3m, 1h)") from None
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -123,7 +113,8 @@ def train_cmd(
     epochs: int = typer.Option(10, min=1),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps in all, instead of --epochs: the same "
                                         "model on any machine, however fast or busy."),
-    time_budget: Optional[str] = typer.Option(None, help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
+    time_budget: Optional[float] = typer.Option(None, parser=parse_duration, metavar="DURATION",
+                                                help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
     batch_size: int = typer.Option(128, min=2, help="Global batch size (split across DDP ranks)."),
     accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
     lr: Optional[float] = typer.Option(None, help="Default: 2e-3 from scratch, 1e-5 fine-tuning, 1e-3 with --lora."),
@@ -149,7 +140,7 @@ def train_cmd(
     if loss not in ("clip", "siglip"):
         raise typer.BadParameter(f"unknown loss '{loss}' (clip or siglip)")
     cfg = TrainConfig(data=str(data), out=str(out), model=model, loss=loss, epochs=epochs, steps=steps,
-                      time_budget=parse_duration(time_budget), batch_size=batch_size, accum_steps=accum_steps,
+                      time_budget=time_budget, batch_size=batch_size, accum_steps=accum_steps,
                       lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, precision=precision,
                       hard_negatives=hard_negatives, seed=seed, device=device, eval_images=eval_images,
                       resume=resume, strict=strict, lora=lora_rank if lora else 0, lock_image=lock_image,

@@ -6,10 +6,13 @@ weights live elsewhere (a checkpoint directory holds `config.json` + `model.safe
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .errors import ConfigError
 from .registry import Registry
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -55,15 +58,22 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"name"}
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        image = ImageTowerConfig(**_tuples(data.pop("image", {})))
-        text = TextTowerConfig(**data.pop("text", {}))
-        data.pop("name", None)
-        return cls(image=image, text=text, **data)
+        data = {k: v for k, v in data.items() if k != "name"}
+        image = replace_fields(ImageTowerConfig(), _tuples(data.pop("image", {})))
+        text = replace_fields(TextTowerConfig(), data.pop("text", {}))
+        return replace_fields(cls(image=image, text=text), data)
+
+
+def replace_fields(config, overrides: dict):
+    """A copy of the dataclass `config` with `overrides` set. A key it does not have is an error
+    that names the closest valid keys: a typo must fail, not pass unnoticed."""
+    valid = [f.name for f in fields(config)]
+    for key in overrides:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown {type(config).__name__} key '{key}' ({hint})")
+    return dataclasses.replace(config, **overrides)
 
 
 def _tuples(d: dict) -> dict:

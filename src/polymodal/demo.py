@@ -18,7 +18,7 @@ from .evaluate import evaluate
 from .evaluate.probes import ARO, FAMILIES, caption_scores, probe_pairs
 from .evaluate.run import print_results
 from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
-from .train.checkpoint import load_checkpoint
+from .models.checkpoint import load_checkpoint
 from .train.loop import TrainConfig, train
 
 console = Console()

@@ -1,10 +1,15 @@
-"""Small shared helpers: progress bars, devices, seeds, atomic writes."""
+"""Small shared helpers: progress bars, devices, seeds, atomic writes.
+
+Everything imports this module, the command line included, so torch and rich.progress are
+imported inside the helpers that need them: `polymodal --help` must not wait for torch."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,33 +45,41 @@ def pick_device(name: str | None = None) -> str:
 
 def write_json(path: str | Path, obj) -> None:
     """`obj` as indented JSON at `path`, written whole or not at all."""
-    import json
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds. A directory
-    written at the temporary path replaces a directory at `path` whole."""
+def atomic_path(path: str | Path, merge: bool = False):
+    """Yield a temporary sibling path; move it onto `path` only if the block succeeds, so `path`
+    is never seen half-written. A directory written at the temporary path replaces a directory at
+    `path` whole; with `merge`, each of its entries replaces its namesake in `path` instead, and
+    the rest of `path` stays (a model saved into a training run's directory)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path / f".staging-{os.getpid()}" if merge else path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)  # left by a killed process with the same id
     try:
         yield tmp
-        if tmp.is_dir() and path.is_dir():  # os.replace cannot overwrite a non-empty directory
-            import shutil
-
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if merge:
+            for entry in tmp.iterdir():
+                _replace(entry, path / entry.name)
+        else:
+            _replace(tmp, path)
     finally:
-        if tmp.exists():
-            if tmp.is_dir():
-                import shutil
+        _remove(tmp)
 
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+
+def _replace(src: Path, dst: Path) -> None:
+    if src.is_dir() and dst.is_dir():  # os.replace cannot overwrite a non-empty directory
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def fast_bf16(device: str) -> bool:

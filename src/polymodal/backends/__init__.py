@@ -9,31 +9,43 @@ Sources (see `load_model`):
                                          an open_clip directory (open_clip_config.json), an ONNX
                                          export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint
-Every library import stays inside the functions, so `import polymodal` stays fast.
+The backends and polymodal's checkpoints import torch (and their libraries), so this module
+imports them where they are first needed: the command line, which imports this package to
+register its commands, then starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from ..data.schema import DataError
+from ..errors import CheckpointError
+from ..utils import atomic_path
 
 PREFIXES = ("hf:", "open_clip:")
 
 
-def is_pretrained_source(name: str) -> bool:
-    """Whether `--model NAME` names something to load rather than an architecture preset."""
-    return str(name).startswith(PREFIXES) or Path(name).is_dir()
+def is_pretrained_source(name: str | Path) -> bool:
+    """Whether `name` is a pretrained model from another library: hf: or open_clip: names, a
+    Hugging Face or open_clip model directory, or polymodal's fine-tune of one (LoRA adapters).
+    A polymodal checkpoint is not: fine-tuning it is training as usual (its own learning rate)."""
+    if str(name).startswith(PREFIXES):
+        return True
+    path = Path(name)
+    if not path.is_dir():
+        return False
+    from .base import BACKEND_FILE  # torch: imported on first use (see the module doc)
+    from .hf import is_hf_dir
+    from .open_clip import is_open_clip_dir
+
+    return (path / BACKEND_FILE).is_file() or is_hf_dir(path) or is_open_clip_dir(path)
 
 
 def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool = False):
     """Whatever `source` names (see the module doc), with the common interface, in eval mode."""
     s = str(source)
     if s.startswith("hf:"):
-        from .hf import load_hf
+        from .hf import load_hf  # each library is imported only when its models are asked for
 
         return load_hf(s[3:]).to(device)
     if s.startswith("open_clip:"):
@@ -42,10 +54,10 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_open_clip(s[len("open_clip:"):]).to(device)
     path = Path(s)
     if not path.exists():
-        raise DataError(f"{s}: no such checkpoint directory (pretrained models are named hf:<repo id>, "
+        raise CheckpointError(f"{s}: no such checkpoint directory (pretrained models are named hf:<repo id>, "
                         f"open_clip:<arch>/<tag> or open_clip:<arch>@<checkpoint file>)")
     if path.is_file():
-        raise DataError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
+        raise CheckpointError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
     from .base import BACKEND_FILE
 
     marker = _read_marker(path / BACKEND_FILE)
@@ -54,9 +66,9 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         model._load_adapter(path / "adapter", trainable=trainable_adapters)
         model.model_id = f"{model.model_id}+lora:{path.resolve()}"
         return model.to(device)
+    from .hf import is_hf_dir, load_hf
     from .onnx import ONNX_FILE, load_onnx
     from .open_clip import is_open_clip_dir, load_open_clip
-    from .hf import is_hf_dir, load_hf
 
     if (path / ONNX_FILE).is_file():
         return load_onnx(path).to(device)
@@ -64,7 +76,7 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_open_clip(f"local-dir:{path.resolve()}", model_id=f"open_clip:{path.resolve()}").to(device)
     if is_hf_dir(path):
         return load_hf(str(path)).to(device)
-    from ..train.checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device)
 
@@ -73,47 +85,30 @@ def load_trainable(source: str, lora: int = 0, lock_image: bool = False, lock_te
                    device: str = "cpu"):
     """A model to fine-tune: full, with a tower locked (LiT), or with fresh LoRA adapters of rank
     `lora` (a LoRA fine-tune named as `source` continues with its own adapters)."""
-    from .base import PretrainedModel
-
     model = load_model(source, device, trainable_adapters=True)
-    if not isinstance(model, PretrainedModel):
-        if lora:
-            raise ValueError(f"{source}: LoRA is for pretrained models (hf:, open_clip: or their directories)")
-        if not hasattr(model, "image_tower"):
-            raise ValueError(f"{source}: an exported ONNX model cannot be trained; fine-tune the model it came from")
-        for name, module in model.named_children():
-            if (lock_image and name.startswith("image")) or (lock_text and name.startswith("text")):
-                module.requires_grad_(False)
-        return model
+    if not hasattr(model, "lock"):
+        raise ValueError(f"{source}: an exported ONNX model cannot be trained; fine-tune the model it came from")
+    if lora and not hasattr(model, "add_lora"):
+        raise ValueError(f"{source}: LoRA is for pretrained models (hf:, open_clip: or their directories)")
     if lora and model.lora is None:
         model.add_lora(rank=lora, alpha=2.0 * lora)
-    if lock_image or lock_text:
-        model.lock(lock_image, lock_text)
+    model.lock(lock_image, lock_text)
     return model
 
 
 def save_model(model, directory: str | Path, extra: dict | None = None) -> Path:
-    """Save any trainable model in its own format; files appear whole or not at all."""
+    """Save any trainable model in its own format; files appear whole or not at all, beside what
+    the directory already holds (a training run's metrics and state)."""
+    from ..models.checkpoint import save_checkpoint
     from .base import PretrainedModel
 
     directory = Path(directory)
     if not isinstance(model, PretrainedModel):
-        from ..train.checkpoint import save_checkpoint
-
         return save_checkpoint(model, directory, extra)
     directory.mkdir(parents=True, exist_ok=True)
-    staging = directory / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with atomic_path(directory, merge=True) as staging:
+        staging.mkdir()
         model.save(staging, extra or {})
-        for item in staging.iterdir():  # each file renamed into place once all are written
-            target = directory / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -132,7 +127,7 @@ def _read_marker(file: Path) -> dict | None:
     try:
         return json.loads(file.read_text())
     except ValueError as err:
-        raise DataError(f"{file}: not valid JSON ({err})") from None
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
 
 
 __all__ = ["is_pretrained_source", "load_model", "load_trainable", "merge_lora", "save_model"]

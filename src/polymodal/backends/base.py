@@ -9,7 +9,6 @@ loop, evaluation and ONNX export all feed the same thing.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..data.schema import DataError
+from ..errors import CheckpointError
 from ..modalities.image import PIL_FILTERS, RESAMPLERS, RESIZE_MODES, ImageNormalize, resize_and_crop
 from ..models.interface import DualEncoder
+from ..utils import write_json
 
 BACKEND_FILE = "polymodal_backend.json"  # marks a directory written by polymodal for a pretrained model
 
@@ -127,7 +127,7 @@ class PretrainedModel(DualEncoder, nn.Module):
         from peft import PeftModel
 
         if not (directory / "adapter_config.json").is_file():
-            raise DataError(f"{directory}: no LoRA adapters here (adapter_config.json is missing)")
+            raise CheckpointError(f"{directory}: no LoRA adapters here (adapter_config.json is missing)")
         with _quiet():
             self.model = PeftModel.from_pretrained(self.model, str(directory), is_trainable=trainable)
         cfg = self.model.peft_config["default"]
@@ -146,8 +146,5 @@ class PretrainedModel(DualEncoder, nn.Module):
         return self.model.get_base_model() if self.lora is not None else self.model
 
     def _write_marker(self, directory: Path, info: dict) -> None:
-        from ..utils import atomic_path
-
-        with atomic_path(directory / BACKEND_FILE) as tmp:
-            tmp.write_text(json.dumps({"backend": self.backend, "image": asdict(self.config.image),
-                                       "embed_dim": self.embed_dim, "lora": self.lora, **info}, indent=2))
+        write_json(directory / BACKEND_FILE, {"backend": self.backend, "image": asdict(self.config.image),
+                                              "embed_dim": self.embed_dim, "lora": self.lora, **info})

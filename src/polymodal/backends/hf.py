@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.schema import DataError
+from ..errors import CheckpointError
+from ..utils import write_json
 from .base import ImageSpec, PretrainedModel
 from .hub import cache_only_when_offline
 
@@ -119,9 +120,10 @@ def load_hf(source: str, model_id: str | None = None) -> HFModel:
             resampler = _reference_resampler(source) if processor else "pil"
         except OSError as err:
             if local:
-                raise DataError(f"{source}: not a complete Hugging Face model directory ({_first_line(err)})") from None
+                raise CheckpointError(f"{source}: not a complete Hugging Face model directory "
+                                      f"({_first_line(err)})") from None
             where = "not in the Hugging Face cache" + ("" if online else " and the hub cannot be reached (offline)")
-            raise DataError(f"hf:{source}: {where}; download it where there is a network "
+            raise CheckpointError(f"hf:{source}: {where}; download it where there is a network "
                             f"(`hf download {source} --local-dir DIR`) and pass DIR, or point HF_HOME "
                             f"at a cache that holds it") from None
     text_config = config.text_config
@@ -201,4 +203,4 @@ def _write_processor_config(image: ImageSpec, path: Path) -> None:
                    size={"height": image.image_size, "width": image.image_size})
     if image.resampler == "torch":  # "...Fast" loads the torchvision processor in every transformers release
         cfg["image_processor_type"] += "Fast"
-    path.write_text(json.dumps(cfg, indent=2))
+    write_json(path, cfg)

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.schema import DataError
+from ..errors import ExportError
 from ..models.interface import EncoderInterface
-from ..utils import atomic_path
+from ..utils import atomic_path, write_json
 from .base import BackendConfig, ImageSpec
 
 ONNX_FILE = "polymodal_onnx.json"
@@ -60,7 +60,7 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
     """Write the two encoders, the tokenizer and the metadata to `out` (replaced whole, atomically)."""
     out = Path(out)
     if out.exists() and not (out / ONNX_FILE).is_file() and any(out.iterdir()):
-        raise DataError(f"{out}: exists and is not an ONNX export; choose an empty or new directory")
+        raise ExportError(f"{out}: exists and is not an ONNX export; choose an empty or new directory")
     model = model.float().eval()
     lora = getattr(model, "lora", None)
     if lora is not None:  # the graph needs plain weights; merging leaves the outputs unchanged
@@ -86,7 +86,7 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
         if int8:
             for name in ("image", "text"):
                 quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
-        (tmp / ONNX_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(tmp / ONNX_FILE, meta)
     return out
 
 
@@ -153,7 +153,7 @@ def _save_tokenizer(model, directory: Path) -> dict:
         tok.save(directory)
         return {"kind": "hf", "context_length": tok.context_length, "pad_to_context": tok.pad_to_context}
     if isinstance(tok, OpenClipTokenizer):
-        (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model.model_cfg}))
+        write_json(directory / "open_clip_config.json", {"model_cfg": model.model_cfg})
         return {"kind": "open_clip"}
     if isinstance(tok, PolymodalTokenizer):
         tok.save(directory / "tokenizer.json")
@@ -179,7 +179,7 @@ def _load_tokenizer(directory: Path, spec: dict):
         from ..modalities.text import Tokenizer
 
         return Tokenizer.from_file(directory / "tokenizer.json", spec["context_length"])
-    raise DataError(f"{directory}: unknown tokenizer kind {kind!r}")
+    raise ExportError(f"{directory}: unknown tokenizer kind {kind!r}")
 
 
 def session_options(threads: int | None = None):
@@ -204,11 +204,11 @@ class OnnxModel(EncoderInterface):
             meta = json.loads((self.directory / ONNX_FILE).read_text())
             image = ImageSpec(**meta["image"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{self.directory / ONNX_FILE}: not a valid ONNX export description ({err})") from None
+            raise ExportError(f"{self.directory / ONNX_FILE}: not a valid ONNX export description ({err})") from None
         self.meta = meta
         self.int8 = meta.get("int8", False) if int8 is None else int8
         if self.int8 and not meta.get("int8"):
-            raise DataError(f"{self.directory}: exported without int8 (export again with --int8)")
+            raise ExportError(f"{self.directory}: exported without int8 (export again with --int8)")
         suffix = ".int8.onnx" if self.int8 else ".onnx"
         self.config = BackendConfig(embed_dim=meta["embed_dim"], image=image, init_logit_bias=meta.get("logit_bias"))
         self.tokenizer = _load_tokenizer(self.directory / "tokenizer", meta["tokenizer"])
@@ -220,7 +220,7 @@ class OnnxModel(EncoderInterface):
             self.text_session = ort.InferenceSession(str(self.directory / f"text{suffix}"), opts,
                                                      providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for missing/corrupt files
-            raise DataError(f"{self.directory}: cannot load the ONNX graphs ({str(err).splitlines()[0]})") from None
+            raise ExportError(f"{self.directory}: cannot load the ONNX graphs ({str(err).splitlines()[0]})") from None
 
     @property
     def device(self) -> torch.device:

@@ -8,15 +8,16 @@ Sources: `open_clip:<arch>/<pretrained tag>` (weights from open_clip's cache or 
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from ..data.schema import DataError
+from ..errors import CheckpointError
+from ..utils import atomic_path, write_json
 from .base import ImageSpec, PretrainedModel
 from .hub import cache_only_when_offline
 
@@ -71,10 +72,6 @@ class OpenClipModel(PretrainedModel):
 
     def save(self, directory: Path, extra: dict) -> None:
         """Full weights in open_clip's local-dir layout, or the LoRA adapters alone."""
-        from safetensors.torch import save_file
-
-        from ..utils import atomic_path
-
         if self.lora is not None:
             self.model.save_pretrained(str(directory / "adapter"))
             self._write_marker(directory, {"base": self.source, **extra})
@@ -85,8 +82,7 @@ class OpenClipModel(PretrainedModel):
         image = self.config.image
         preprocess = {"size": image.image_size, "mean": list(image.mean), "std": list(image.std),
                       "interpolation": image.interpolation, "resize_mode": image.resize}
-        with atomic_path(directory / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps({"model_cfg": self.model_cfg, "preprocess_cfg": preprocess}, indent=2))
+        write_json(directory / CONFIG_FILE, {"model_cfg": self.model_cfg, "preprocess_cfg": preprocess})
         self._write_marker(directory, extra)
 
 
@@ -136,7 +132,7 @@ def load_open_clip(spec: str, model_id: str | None = None) -> OpenClipModel:
     name = f"open_clip:{spec}"
     if file is not None:
         if not Path(file).is_file():
-            raise DataError(f"{file}: checkpoint file not found")
+            raise CheckpointError(f"{file}: checkpoint file not found")
         name = f"open_clip:{arch}@{Path(file).resolve()}"
     schema = arch.split(":", 1)[0] if ":" in arch else None
     if schema is None and arch not in open_clip.list_models():
@@ -155,13 +151,13 @@ def load_open_clip(spec: str, model_id: str | None = None) -> OpenClipModel:
     except RuntimeError as err:
         if file is None and ("Failed to download" in str(err) or "HF Hub" in str(err)):
             where = "not in the local cache" + ("" if online else " and the hub cannot be reached (offline)")
-            raise DataError(f"{name}: weights {where}; download the checkpoint file where there is a "
+            raise CheckpointError(f"{name}: weights {where}; download the checkpoint file where there is a "
                             f"network and load it with open_clip:{arch}@/path/to/checkpoint") from None
         if file is None:
             raise
-        raise DataError(f"{file}: not a checkpoint for {arch} ({_first_line(err)})") from None
+        raise CheckpointError(f"{file}: not a checkpoint for {arch} ({_first_line(err)})") from None
     except (KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise DataError(f"{file or name}: not a readable checkpoint for {arch} ({_first_line(err)})") from None
+        raise CheckpointError(f"{file or name}: not a readable checkpoint for {arch} ({_first_line(err)})") from None
     finally:
         logging.disable(logging.NOTSET)
     if schema is None and tag is None and file is None:

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..data.schema import DataError
+from ..errors import IndexFormatError
 from ..utils import atomic_path, write_json
 from .vectors import BuildOptions, VectorIndex, resolve_kind
 
@@ -79,9 +79,9 @@ class Index:
         root = Path(root)
         resolve_kind(kind, 0)  # validates the name
         if (root / "manifest.json").exists():
-            raise DataError(f"{root}: an index already exists here")
+            raise IndexFormatError(f"{root}: an index already exists here")
         if root.exists() and any(root.iterdir()):
-            raise DataError(f"{root}: directory is not empty and holds no index")
+            raise IndexFormatError(f"{root}: directory is not empty and holds no index")
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, "model": model, "model_id": model_id, "dim": int(dim),
                     "kind": kind}
@@ -94,14 +94,14 @@ class Index:
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():
-            raise DataError(f"{root}: not a polymodal index (no manifest.json)")
+            raise IndexFormatError(f"{root}: not a polymodal index (no manifest.json)")
         try:
             manifest = json.loads(path.read_text())
             if manifest.get("format") != FORMAT:
                 raise ValueError("not a polymodal index manifest")
             int(manifest["dim"]), str(manifest["model_id"])
         except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: unreadable index manifest ({err})") from None
+            raise IndexFormatError(f"{path}: unreadable index manifest ({err})") from None
         return cls(root, manifest)
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from ..cli_options import parse_duration
+
 console = Console()
 lab_app = typer.Typer(no_args_is_help=True, help="Experiments that train, compare and report (VQA fusion).")
 vqa_app = typer.Typer(invoke_without_command=True, help="VQA fusion lab on Sort-of-CLEVR.")
@@ -38,7 +40,8 @@ def vqa(
     model: Optional[List[str]] = typer.Option(None, help="late, early, film, xattn or rn (repeatable)."),
     all_models: bool = typer.Option(False, "--all", help="Every fusion model."),
     out: Path = typer.Option(Path("runs/lab-vqa"), help="Where checkpoints, results.* and report.html go."),
-    time_budget: str = typer.Option("5m", help="Training time per model (e.g. 90s, 5m, 30m)."),
+    time_budget: float = typer.Option("5m", parser=parse_duration, metavar="DURATION",
+                                      help="Training time per model (e.g. 90s, 5m, 30m)."),
     modality_dropout: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Also train each model with this modality dropout and compare."),
     baselines: bool = typer.Option(True, help="Question-only and image-only baselines."),
@@ -52,7 +55,6 @@ def vqa(
     """Train fusion models, evaluate per question type and with a missing modality, write a report."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..cli import parse_duration
     from .vqa import MODELS, LabConfig, run_lab
 
     if threads:
@@ -67,7 +69,7 @@ def vqa(
 
         console.print(f"{data} does not exist: generating Sort-of-CLEVR there")
         generate(data, SortOfClevrConfig())
-    cfg = LabConfig(data=str(data), out=str(out), models=models, time_budget=parse_duration(time_budget),
+    cfg = LabConfig(data=str(data), out=str(out), models=models, time_budget=time_budget,
                     modality_dropout=modality_dropout, baselines=baselines, batch_images=batch_images, lr=lr,
                     seed=seed, device=device)
     run_lab(cfg)

@@ -8,6 +8,7 @@ for any PyTorch dual encoder with `image_features` / `text_features` / `logit_sc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +39,8 @@ class EncoderInterface:
         """Images (uint8 or [0, 1] float tensor batch, PIL images or paths) -> (B, E) unit vectors."""
         if not isinstance(images, torch.Tensor):
             images = self.preprocess(images)
-        chunks = [self._embed_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        with inference(self):
+            chunks = [self._embed_pixels(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
 
     def encode_text(self, texts: Sequence[str] | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -46,16 +48,18 @@ class EncoderInterface:
         if isinstance(texts, str):
             texts = [texts]
         if isinstance(texts, torch.Tensor):
-            chunks = [self._embed_ids(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+            with inference(self):
+                chunks = [self._embed_ids(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
             return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
         if any(not t.strip() for t in texts):
             raise ValueError("empty text: every caption needs at least one word")
         # Batches of similar length waste little on padding; the order is restored at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.embed_dim)
-        for i in range(0, len(texts), batch_size):
-            rows = order[i:i + batch_size]
-            out[rows] = self._embed_ids(self.tokenizer([texts[r] for r in rows]))
+        with inference(self):
+            for i in range(0, len(texts), batch_size):
+                rows = order[i:i + batch_size]
+                out[rows] = self._embed_ids(self.tokenizer([texts[r] for r in rows]))
         return out
 
     def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
@@ -85,15 +89,34 @@ class DualEncoder(EncoderInterface):
     def device(self) -> torch.device:
         return self.logit_scale.device
 
-    @torch.inference_mode()
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        self.eval()
         return self.image_features(pixels.to(self.device)).float().cpu()
 
-    @torch.inference_mode()
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        self.eval()
         return self.text_features(ids.to(self.device)).float().cpu()
+
+    def lock(self, image: bool = False, text: bool = False) -> None:
+        """Freeze a whole tower, its projection included (LiT locks the image side): every child
+        module named image* or text*. Pretrained backends name their towers their own way and
+        override this; it is the one way to lock a tower."""
+        for name, module in self.named_children():
+            if (image and name.startswith("image")) or (text and name.startswith("text")):
+                module.requires_grad_(False)
 
     def _similarity_scale(self) -> torch.Tensor:
         return self.logit_scale.detach().exp().clamp(max=100).cpu()
+
+
+@contextlib.contextmanager
+def inference(model):
+    """Eval mode without autograd inside the block; every submodule gets the train/eval mode it
+    had before afterwards, so encoding in the middle of training changes nothing."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    if modes:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training

@@ -23,9 +23,9 @@ from ..data.schema import DataError
 from ..backends import is_pretrained_source, load_trainable, save_model
 from ..losses import get_loss
 from ..models.aligned import AlignedModel
+from ..models.checkpoint import is_checkpoint
 from ..models.factory import create_model
 from ..utils import atomic_path, pick_device, progress_bar, resolve_precision, seed_everything
-from .checkpoint import is_checkpoint, load_checkpoint
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -219,13 +219,13 @@ def _build_model(cfg: TrainConfig, train_set, out: Path, device: str):
     state = None
     pretrained = is_pretrained_source(cfg.model)
     if cfg.resume and (out / STATE_FILE).exists() and (pretrained or is_checkpoint(out)):
-        model = (load_trainable(str(out), lock_image=cfg.lock_image, lock_text=cfg.lock_text, device=device)
-                 if pretrained else load_checkpoint(out, device))
+        model = load_trainable(str(out), lock_image=cfg.lock_image, lock_text=cfg.lock_text, device=device)
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
-    elif pretrained:
+    elif pretrained or Path(cfg.model).is_dir():  # a polymodal checkpoint is fine-tuned as it is
         model = load_trainable(cfg.model, cfg.lora, cfg.lock_image, cfg.lock_text, device)
     else:
-        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text)).to(device)
+        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text), lock_image=cfg.lock_image,
+                             lock_text=cfg.lock_text).to(device)
         if cfg.loss == "siglip" and model.logit_bias is None:
             # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
             # negative pairs do not swamp the first steps.

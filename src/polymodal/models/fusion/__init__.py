@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
-from ...config import CONFIG_DIR
-from ...data.schema import DataError
+from safetensors.torch import load_file, save_file
+
+from ...config import CONFIG_DIR, replace_fields
 from ...data.vqa import QuestionVocab
+from ...errors import CheckpointError
 from ...utils import atomic_path, write_json
 from .models import FUSIONS, FusionConfig, FusionModel, build_fusion_model
 
@@ -20,8 +23,6 @@ PRESET_PREFIX = "vqa-"
 
 
 def list_vqa_models(pattern: str = "*") -> list[str]:
-    import fnmatch
-
     return sorted(p.stem for p in CONFIG_DIR.glob(f"{PRESET_PREFIX}*.json") if fnmatch.fnmatch(p.stem, pattern))
 
 
@@ -38,9 +39,7 @@ def get_fusion_config(name: str) -> FusionConfig:
 
 
 def create_vqa_model(config: str | FusionConfig, vocab: QuestionVocab, answers: list[str], **overrides) -> FusionModel:
-    config = config if isinstance(config, FusionConfig) else get_fusion_config(config)
-    for k, v in overrides.items():
-        setattr(config, k, v)
+    config = replace_fields(config if isinstance(config, FusionConfig) else get_fusion_config(config), overrides)
     model = build_fusion_model(config, len(vocab.tokens), vocab.length, len(answers))
     model.vocab, model.answers = vocab, list(answers)
     return model
@@ -48,8 +47,6 @@ def create_vqa_model(config: str | FusionConfig, vocab: QuestionVocab, answers: 
 
 def save_vqa(model: FusionModel, directory: str | Path, extra: dict | None = None) -> Path:
     """`config.json` (architecture, question vocabulary, answers) + `model.safetensors`, each atomic."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"kind": "vqa", "fusion": model.config.to_dict(), "vocab": model.vocab.to_dict(),
@@ -62,21 +59,20 @@ def save_vqa(model: FusionModel, directory: str | Path, extra: dict | None = Non
 
 
 def load_vqa(directory: str | Path, device: str = "cpu") -> FusionModel:
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise DataError(f"{directory}: no such VQA checkpoint (config.json missing)")
+        raise CheckpointError(f"{directory}: no such VQA checkpoint (config.json missing)")
     meta = json.loads(cfg_path.read_text())
     if meta.get("kind") != "vqa":
-        raise DataError(f"{directory}: not a VQA checkpoint (no fusion model in config.json)")
+        raise CheckpointError(f"{directory}: not a VQA checkpoint (no fusion model in config.json)")
     model = create_vqa_model(FusionConfig.from_dict(meta["fusion"]), QuestionVocab.from_dict(meta["vocab"]),
                              meta["answers"])
     try:
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise DataError(f"{directory / 'model.safetensors'}: unreadable weights ({err.__class__.__name__})") from None
+        raise CheckpointError(f"{directory / 'model.safetensors'}: unreadable weights "
+                              f"({err.__class__.__name__})") from None
     return model.to(device).eval()
 
 

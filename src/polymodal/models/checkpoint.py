@@ -1,4 +1,5 @@
-"""Checkpoint directories: `config.json` + `model.safetensors` (+ `tokenizer.json`, and
+"""Checkpoint directories of polymodal's own models (below both `backends`, which loads them,
+and `train`, which writes them): `config.json` + `model.safetensors` (+ `tokenizer.json`, and
 `training_state.pt` for --resume). Every file is written under a temporary name and renamed, so
 an interrupted save never leaves a half-written checkpoint behind."""
 
@@ -11,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
-from ..data.schema import DataError
+from ..errors import CheckpointError
 from ..modalities.text import Tokenizer
-from ..models.aligned import AlignedModel
 from ..utils import atomic_path, write_json
+from .aligned import AlignedModel
 
 FORMAT_VERSION = 1
 
@@ -46,24 +47,24 @@ def is_checkpoint(path: str | Path) -> bool:
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> AlignedModel:
     directory = Path(directory)
     if not directory.exists():
-        raise DataError(f"{directory}: no such checkpoint directory")
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
     if not is_checkpoint(directory):
-        raise DataError(f"{directory}: not a polymodal checkpoint (needs config.json and model.safetensors)")
+        raise CheckpointError(f"{directory}: not a polymodal checkpoint (needs config.json and model.safetensors)")
     try:
         meta = json.loads((directory / "config.json").read_text())
         config = ModelConfig.from_dict(meta["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{directory / 'config.json'}: not a valid polymodal config ({err})") from None
+        raise CheckpointError(f"{directory / 'config.json'}: not a valid polymodal config ({err})") from None
     tokenizer = Tokenizer.from_file(directory / "tokenizer.json", config.text.context_length)
     model = AlignedModel(config, tokenizer)
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise DataError(f"{directory / 'model.safetensors'}: unreadable weights ({err})") from None
+        raise CheckpointError(f"{directory / 'model.safetensors'}: unreadable weights ({err})") from None
     expected = _saved_state(model).keys()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
-        raise DataError(f"{directory}: weights do not match config.json "
+        raise CheckpointError(f"{directory}: weights do not match config.json "
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     model.load_state_dict(state, strict=False)
     model.model_id = f"polymodal:{directory.resolve()}"
