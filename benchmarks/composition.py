@@ -27,10 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from polymodal.data import load_records
-from polymodal.data.synthetic.shapes import ShapesConfig, generate
+from polymodal.data.synthetic.shapes import ARO_PROBES as ARO, SUGARCREPE_FAMILIES as FAMILIES, ShapesConfig, generate
 from polymodal.demo import DEMO_STEPS
 from polymodal.evaluate import evaluate
-from polymodal.evaluate.probes import ARO, FAMILIES
 from polymodal.models.checkpoint import load_checkpoint
 from polymodal.train.loop import TrainConfig, train
 from polymodal.utils import write_json

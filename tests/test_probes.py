@@ -10,7 +10,7 @@ import torch
 import polymodal
 from polymodal.data import load_records
 from polymodal.data.synthetic import shapes
-from polymodal.evaluate.probes import ARO, FAMILIES, probe_pairs, run_winoground, winoground_items
+from polymodal.evaluate.probes import probe_pairs, run_winoground, winoground_items
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_every_counterfactual_contradicts_its_scene(records, kind):
     assert changed_any > 20
 
 
-@pytest.mark.parametrize("family", ARO + FAMILIES)
+@pytest.mark.parametrize("family", shapes.SHAPESWORLD.probe_families)
 def test_probe_pairs_differ_exactly_as_the_family_says(records, family):
     idx, true, false = probe_pairs(records, family)
     assert len(idx) > 20

@@ -1,6 +1,8 @@
 import torch
 
-from polymodal.evaluate.zeroshot import class_embeddings, shapes_object_prompts, zero_shot_accuracy
+from polymodal.data.kinds import AttributeTask
+from polymodal.data.synthetic.shapes import object_prompts
+from polymodal.evaluate.zeroshot import attribute_zero_shot, class_embeddings, zero_shot_accuracy
 
 CLASSES = ["red", "green", "blue"]
 
@@ -30,8 +32,23 @@ def test_zero_shot_accuracy_by_hand():
     assert res["per_class"] == {"red": 0.5, "green": 1.0, "blue": 1.0}
 
 
+def test_attribute_zero_shot_by_hand():
+    """Two attributes from four descriptions; "max" takes the best description's values, the mean
+    ensemble averages the descriptions that share a value."""
+    values = {"colour": ["red", "green"], "size": ["small", "big"]}
+    candidates = [{"colour": c, "size": s} for c in values["colour"] for s in values["size"]]
+    prompts = [[f"a {c['size']} {c['colour']} thing"] for c in candidates]
+    # image 0 looks red, image 1 green; both are labelled red, small and big
+    task = AttributeTask(values, candidates, prompts, images=[0, 1], truth={"colour": ["red", "red"],
+                                                                            "size": ["small", "big"]})
+    res = attribute_zero_shot(WordModel(), torch.eye(3), task)
+    assert res["colour"] == 0.5 and res["mean_ensemble"]["colour"] == 0.5  # image 1 is green, not red
+    assert res["n"] == 2 and set(res) == {"colour", "size", "mean_ensemble", "n"}
+    assert attribute_zero_shot(WordModel(), torch.eye(3), AttributeTask(values, candidates, prompts, [], {})) == {}
+
+
 def test_shapes_object_prompts_cover_every_description():
-    objects, prompts = shapes_object_prompts()
+    objects, prompts = object_prompts()
     assert len(objects) == 2 * 8 * 6
     for obj, texts in zip(objects, prompts):
         assert all(obj["colour"] in t or (obj["colour"] == "purple" and "violet" in t) for t in texts)

@@ -15,7 +15,7 @@ from .data.formats import load_records
 from .data.pairs import ImageTextPairs
 from .data.synthetic import shapes
 from .evaluate import evaluate
-from .evaluate.probes import ARO, FAMILIES, caption_scores, probe_pairs
+from .evaluate.probes import caption_scores, probe_pairs
 from .evaluate.run import print_results
 from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
 from .models.checkpoint import load_checkpoint
@@ -63,8 +63,8 @@ def search_results(model, records: list, images: torch.Tensor, image_emb: torch.
 def probe_examples(model, pairs: ImageTextPairs, image_emb: torch.Tensor, per_family: int = 2) -> list[dict]:
     """The first `per_family` probe pairs of every family, with the model's score for each caption."""
     rows = []
-    for family in ARO + FAMILIES:
-        idx, true, false = probe_pairs(pairs.records[:200], family)
+    for family in pairs.kind.probe_families:
+        idx, true, false = probe_pairs(pairs.records[:200], family, pairs.kind)
         idx, true, false = idx[:per_family], true[:per_family], false[:per_family]
         if not idx:
             continue

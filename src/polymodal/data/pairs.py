@@ -17,8 +17,8 @@ import torch
 
 from ..modalities.image import load_image, resize_and_crop
 from ..utils import progress_bar
+from .kinds import DatasetKind, detect_kind, read_meta
 from .schema import DataError, Record, RecordSet
-from .synthetic import shapes
 
 MAX_IN_MEMORY_BYTES = 8 * 2**30
 
@@ -58,10 +58,9 @@ class ImageTextPairs:
             raise DataError(f"{data.root}: none of the {len(usable)} images could be read")
         self.records: list[Record] = [usable[i] for i in keep]
         self.images = torch.from_numpy(np.stack([arrays[i] for i in keep]))  # (N, 3, S, S) uint8
-        self.is_shapes = all(shapes.is_shapes_record(r.attributes) for r in self.records)
-        # The colour-shape pairs these images hold: hard negatives name no other (see shapes.hard_negatives).
-        self.known_pairs = ({(o["colour"], o["shape"]) for r in self.records for o in r.attributes["objects"]}
-                            if self.is_shapes else set())
+        # What this family of data brings beyond the pairs (hard negatives, relevance, probes).
+        self.kind: DatasetKind = detect_kind(self.records, read_meta(data.root))
+        self.sample_negatives = self.kind.negative_sampler(self.records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,7 +69,7 @@ class ImageTextPairs:
                 hard_negatives: int = 0, drop_last: bool = True) -> Iterator[Batch]:
         """One shuffled epoch. `batch_size` is the global batch; each rank gets its slice of it,
         so N processes see exactly the batches one process would. `hard_negatives`: counterfactual
-        captions per image (ShapesWorld)."""
+        captions per image, where the dataset kind has a sampler for them (ShapesWorld)."""
         rng = random.Random(f"{seed}/{epoch}")
         order = list(range(len(self)))
         rng.shuffle(order)
@@ -79,7 +78,7 @@ class ImageTextPairs:
             window = order[start:start + batch_size]  # the global batch; every rank draws for all of it
             captions = [rng.choice(self.records[i].text) for i in window][rank::world_size]
             negatives = None
-            if self.is_shapes and hard_negatives:
+            if self.sample_negatives and hard_negatives:
                 # The same count per image, so every rank gathers the same count; a scene with
                 # fewer valid counterfactuals is topped up with other images' captions.
                 per_image = [self._negatives(i, hard_negatives, rng) for i in window][rank::world_size]
@@ -87,7 +86,7 @@ class ImageTextPairs:
             yield Batch(self.images[window[rank::world_size]], captions, negatives)
 
     def _negatives(self, index: int, count: int, rng: random.Random) -> list[str]:
-        found = shapes.hard_negatives(self.records[index].attributes, rng, count, self.known_pairs)
+        found = self.sample_negatives(index, count, rng)
         return found + [rng.choice(self.records[rng.randrange(len(self))].text) for _ in range(count - len(found))]
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -1,5 +1,6 @@
-"""Compositional probes on ShapesWorld: does the model prefer an image's true caption over the same
-caption with one thing changed?
+"""Compositional probes: does the model prefer an image's true caption over the same caption with
+one thing changed? The dataset kind builds the pairs and groups (ShapesWorld, from each scene;
+`data/synthetic/shapes.py`); this module scores them. ShapesWorld's families:
 
 - ARO (Yuksekgonul et al., 2023): attribute binding (two objects' colours exchanged) and relation
   order (the two sides of a relation exchanged);
@@ -8,7 +9,7 @@ caption with one thing changed?
 - Winoground-style groups (Thrush et al., 2022): two images and two captions with the same words,
   where each caption must pick its own image and each image its own caption.
 
-Both captions of a pair are built with the same canonical wording, so they differ in the change
+Both captions of a pair are built in the same canonical wording, so they differ in the change
 alone. A bag-of-words model scores the two captions of a swap the same and so sits at chance (50 %).
 """
 
@@ -16,20 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from ..data.synthetic import shapes
+from ..data.kinds import DatasetKind, detect_kind
 
-ARO = ("attribute_binding", "relation_order")
-FAMILIES = ("replace_attribute", "replace_object", "replace_relation", "swap_attribute", "swap_object",
-            "add_attribute")
-WINOGROUND_KINDS = ("swap_colours", "swap_relation")
 TIE = 1e-5  # cosine similarities closer than this are a tie
 
 
-def probe_pairs(records, family: str) -> tuple[list[int], list[str], list[str]]:
+def probe_pairs(records, family: str, dataset_kind: DatasetKind | None = None) -> tuple[list[int], list[str], list[str]]:
     """(image indices, true captions, false captions) for the records where `family` applies."""
+    dataset_kind = dataset_kind or detect_kind(records)
     idx, true, false = [], [], []
     for i, r in enumerate(records):
-        pair = shapes.probe_pair(r.attributes, family, r.id)
+        pair = dataset_kind.probe_pair(r, family)
         if pair is not None:
             idx.append(i)
             true.append(pair[0])
@@ -47,11 +45,12 @@ def caption_scores(model, image_emb: torch.Tensor, texts: list[str]) -> torch.Te
     return (image_emb * model.encode_text(texts)).sum(1)
 
 
-def run_probes(model, image_emb: torch.Tensor, records) -> dict:
-    """Accuracy of each ARO probe and SugarCrepe-style family on the images `image_emb` of `records`."""
+def run_probes(model, image_emb: torch.Tensor, records, dataset_kind: DatasetKind | None = None) -> dict:
+    """Accuracy of each probe family of the records' kind on the images `image_emb` of `records`."""
+    dataset_kind = dataset_kind or detect_kind(records)
     out = {}
-    for family in ARO + FAMILIES:
-        idx, true, false = probe_pairs(records, family)
+    for family in dataset_kind.probe_families:
+        idx, true, false = probe_pairs(records, family, dataset_kind)
         if not idx:
             continue
         diff = caption_scores(model, image_emb[idx], true) - caption_scores(model, image_emb[idx], false)
@@ -59,11 +58,14 @@ def run_probes(model, image_emb: torch.Tensor, records) -> dict:
     return out
 
 
-def winoground_items(records, kind: str, limit: int, image_size: int = 64) -> list:
-    """Up to `limit` Winoground-style groups ((image0, caption0), (image1, caption1)) from `records`."""
+def winoground_items(records, kind: str, limit: int, image_size: int = 64,
+                     dataset_kind: DatasetKind | None = None) -> list:
+    """Up to `limit` Winoground-style groups ((image0, caption0), (image1, caption1)) of `kind`
+    from `records`."""
+    dataset_kind = dataset_kind or detect_kind(records)
     items = []
     for r in records:
-        item = shapes.winoground_pair(r.attributes, kind, r.id, image_size)
+        item = dataset_kind.winoground_item(r, kind, image_size)
         if item is not None:
             items.append(item)
             if len(items) == limit:
@@ -71,11 +73,12 @@ def winoground_items(records, kind: str, limit: int, image_size: int = 64) -> li
     return items
 
 
-def run_winoground(model, records, limit: int = 500) -> dict:
+def run_winoground(model, records, limit: int = 500, dataset_kind: DatasetKind | None = None) -> dict:
     """Text, image and group scores per kind and over all groups (Winoground's three scores)."""
+    dataset_kind = dataset_kind or detect_kind(records)
     out, groups = {}, []
-    for kind in WINOGROUND_KINDS:
-        items = winoground_items(records, kind, limit)
+    for kind in dataset_kind.winoground_kinds:
+        items = winoground_items(records, kind, limit, dataset_kind=dataset_kind)
         if not items:
             continue
         img = model.encode_image([im for pair in items for im, _ in pair]).view(len(items), 2, -1)  # (G, 2, E)

@@ -1,8 +1,9 @@
 """Cross-modal retrieval metrics: recall@K and median rank, in both directions.
 
 A query is a hit at rank r when the best-ranked *relevant* item is at r. Relevance is a list of
-index arrays, so the same code serves COCO-style evaluation (an image is relevant to each of its
-own captions) and ShapesWorld (an image is relevant to every caption whose facts it satisfies).
+index arrays that the dataset kind supplies, so the same code serves COCO-style evaluation (an
+image is relevant to each of its own captions) and ShapesWorld (an image is relevant to every
+caption whose facts it satisfies).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ..data.synthetic import shapes
+from ..data.kinds import DatasetKind, detect_kind
 
 
 def first_hit_ranks(queries: torch.Tensor, gallery: torch.Tensor, *relevant: list[np.ndarray],
@@ -47,24 +48,13 @@ def summarize(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     return out
 
 
-def relevance(records, caption_owner: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(relevant images per caption, relevant captions per image).
-
-    ShapesWorld records: an image is relevant to a caption when its scene makes every fact of
-    the caption true (two scenes with the same description match each other's captions).
-    Other data: an image is relevant to its own captions only (COCO evaluation).
-    """
+def relevance(records, caption_owner: np.ndarray,
+              dataset_kind: DatasetKind | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(relevant images per caption, relevant captions per image), from the images that the
+    dataset kind deems relevant to each image's captions (generic data: its own image only;
+    ShapesWorld: every image whose scene makes the caption's facts true)."""
     n = len(records)
-    if all(shapes.is_shapes_record(r.attributes) for r in records):
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, r in enumerate(records):
-            groups[shapes.object_key(r.attributes)].append(i)
-        images_for_image = []
-        for i, r in enumerate(records):
-            same = groups[shapes.object_key(r.attributes)]
-            images_for_image.append(np.array([j for j in same if shapes.satisfies(records[j].attributes, r.attributes)]))
-    else:
-        images_for_image = [np.array([i]) for i in range(n)]
+    images_for_image = (dataset_kind or detect_kind(records)).relevant_images(records)
     captions_of = defaultdict(list)
     for c, owner in enumerate(caption_owner):
         captions_of[owner].append(c)
@@ -78,9 +68,9 @@ def relevance(records, caption_owner: np.ndarray) -> tuple[list[np.ndarray], lis
 
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_owner: np.ndarray,
-                      records) -> dict[str, dict[str, float]]:
+                      records, dataset_kind: DatasetKind | None = None) -> dict[str, dict[str, float]]:
     """image_emb (N, E), text_emb (C, E) unit vectors; caption_owner[c] = index of c's image."""
-    images_for_caption, captions_for_image = relevance(records, caption_owner)
+    images_for_caption, captions_for_image = relevance(records, caption_owner, dataset_kind)
     # Instance-level view beside it: must the exact image be found? Its ceiling says how often a
     # caption describes more than one image of the gallery, i.e. what scene-level matching forgives.
     own_image = [np.array([o]) for o in caption_owner]

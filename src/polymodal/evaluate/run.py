@@ -1,4 +1,5 @@
-"""Evaluate an aligned model on the splits of a dataset: retrieval, zero-shot, probes."""
+"""Evaluate an aligned model on the splits of a dataset: retrieval for every dataset, and what the
+dataset's kind adds (ShapesWorld: attribute zero-shot and compositional probes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
 from .probes import run_probes, run_winoground
 from .retrieval import retrieval_metrics
-from .zeroshot import shapes_zero_shot, zero_shot_accuracy
+from .zeroshot import attribute_zero_shot, zero_shot_accuracy
 
 
 def caption_table(records, field: str | None = None) -> tuple[list[str], np.ndarray]:
@@ -38,6 +39,10 @@ class SplitEmbeddings:
     def records(self):
         return self.pairs.records
 
+    @property
+    def kind(self):
+        return self.pairs.kind
+
 
 def embed_split(model, data: RecordSet, progress: bool = True) -> SplitEmbeddings:
     has_text = any(r.text for r in data.records)
@@ -50,22 +55,39 @@ def embed_split(model, data: RecordSet, progress: bool = True) -> SplitEmbedding
 def evaluate_split(model, split: RecordSet | SplitEmbeddings, class_names: list[str] | None = None,
                    progress: bool = True) -> dict:
     emb = split if isinstance(split, SplitEmbeddings) else embed_split(model, split, progress)
-    records, image_emb = emb.records, emb.image_emb
-    out: dict = {"n_images": len(records)}
+    out: dict = {"n_images": len(emb.records)}
     if emb.text_emb is not None:
-        out.update(retrieval_metrics(image_emb, emb.text_emb, emb.owner, records))
-        out["n_captions"] = len(emb.texts)
-        rephrased, owner_r = caption_table(records, "rephrased")
-        if rephrased:
-            r = retrieval_metrics(image_emb, model.encode_text(rephrased), owner_r, records)["text_to_image"]
-            out["rephrased_text_to_image"] = r
-            out["rephrased_R@1_drop"] = out["text_to_image"]["R@1"] - r["R@1"]
-    if emb.pairs.is_shapes:
-        out["zero_shot"] = shapes_zero_shot(model, image_emb, records)
-        out["probes"] = run_probes(model, image_emb, records)
-        out["winoground"] = run_winoground(model, records)
+        out.update(_retrieval(model, emb))
+    out.update(_kind_metrics(model, emb, class_names))
+    return out
+
+
+def _retrieval(model, emb: SplitEmbeddings) -> dict:
+    """Retrieval with the split's captions, and with its held-out-wording captions
+    (`attributes.rephrased`) where the records carry them."""
+    out = retrieval_metrics(emb.image_emb, emb.text_emb, emb.owner, emb.records, emb.kind)
+    out["n_captions"] = len(emb.texts)
+    rephrased, owner_r = caption_table(emb.records, "rephrased")
+    if rephrased:
+        r = retrieval_metrics(emb.image_emb, model.encode_text(rephrased), owner_r, emb.records,
+                              emb.kind)["text_to_image"]
+        out["rephrased_text_to_image"] = r
+        out["rephrased_R@1_drop"] = out["text_to_image"]["R@1"] - r["R@1"]
+    return out
+
+
+def _kind_metrics(model, emb: SplitEmbeddings, class_names: list[str] | None) -> dict:
+    """Zero-shot and probes as the dataset kind defines them; zero-shot on `labels` otherwise."""
+    kind, records, out = emb.kind, emb.records, {}
+    task = kind.attribute_task(records)
+    if task is not None:
+        out["zero_shot"] = attribute_zero_shot(model, emb.image_emb, task)
     elif all(r.labels is not None for r in records):
-        out["zero_shot"] = zero_shot_accuracy(model, image_emb, [str(r.labels) for r in records], class_names)
+        out["zero_shot"] = zero_shot_accuracy(model, emb.image_emb, [str(r.labels) for r in records], class_names)
+    if kind.probe_families:
+        out["probes"] = run_probes(model, emb.image_emb, records, kind)
+    if kind.winoground_kinds:
+        out["winoground"] = run_winoground(model, records, dataset_kind=kind)
     return out
 
 
@@ -94,7 +116,7 @@ def evaluate(model, data: RecordSet, splits: list[str] | None = None, max_images
         n = results["test_unseen"]["n_images"]
         test = embeddings["test"]
         keep = test.owner < n  # the captions of the first n test images
-        seen = retrieval_metrics(test.image_emb[:n], test.text_emb[keep], test.owner[keep], test.records[:n])
+        seen = retrieval_metrics(test.image_emb[:n], test.text_emb[keep], test.owner[keep], test.records[:n], test.kind)
         unseen = results["test_unseen"]["text_to_image"]["R@1"]
         results["unseen_gap"] = {"gallery": n, "seen_R@1": seen["text_to_image"]["R@1"], "unseen_R@1": unseen,
                                  "gap": seen["text_to_image"]["R@1"] - unseen}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-import random
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import shapes
+from ..data.kinds import AttributeTask
 
 DEFAULT_TEMPLATES = ("{}", "a {}", "an image of a {}", "a photo of a {}", "there is a {}")
 
@@ -40,43 +37,27 @@ def zero_shot_accuracy(model, image_emb: torch.Tensor, labels: list[str], class_
     return {"accuracy": float((pred == truth).mean()), "n": len(labels), "per_class": per_class}
 
 
-ATTRIBUTE_VALUES = {"colour": list(shapes.COLOURS), "shape": list(shapes.SHAPES), "size": list(shapes.SIZES)}
+def attribute_zero_shot(model, image_emb: torch.Tensor, task: AttributeTask) -> dict:
+    """Accuracy per attribute of a dataset kind's attribute task (ShapesWorld: colour, shape and
+    size of the one-object images, from the 96 object descriptions).
 
-
-def shapes_object_prompts() -> tuple[list[dict], list[list[str]]]:
-    """Every single-object description (size x colour x shape), each in every 1-object template."""
-    objects, prompts = [], []
-    for size, colour, shape in itertools.product(ATTRIBUTE_VALUES["size"], ATTRIBUTE_VALUES["colour"],
-                                                 ATTRIBUTE_VALUES["shape"]):
-        obj = {"size": size, "colour": colour, "shape": shape, "x": 0, "y": 0}
-        objects.append(obj)
-        rng = random.Random(f"{size}{colour}{shape}")
-        prompts.append([shapes.describe([obj], [], rng) for _ in range(len(shapes.TRAIN_TEMPLATES[1]) * 2)])
-    return objects, prompts
-
-
-def shapes_zero_shot(model, image_emb: torch.Tensor, records) -> dict:
-    """Colour, shape and size accuracy on the single-object images among `records`.
-
-    Two ways to turn the 96 object descriptions into a classifier for one attribute:
-    - "max" (reported as colour/shape/size): the attribute of the best-matching description;
+    Two ways to turn the candidate descriptions into a classifier for one attribute:
+    - "max" (reported under the attribute's name): the attribute of the best-matching description;
     - "mean_ensemble": CLIP's recipe, one class embedding per value averaged over the other
       attributes ("red" = mean of "a small red circle", "a big red star", ...).
     """
-    single = [i for i, r in enumerate(records) if len(r.attributes["objects"]) == 1]
-    if not single:
+    if not task.images:
         return {}
-    objects, prompts = shapes_object_prompts()
-    combo_emb = class_embeddings(model, prompts)  # (96, E)
-    scores = image_emb[single] @ combo_emb.T  # (S, 96)
-    best = scores.argmax(1).numpy()
+    combo_emb = class_embeddings(model, task.prompts)  # (K, E)
+    images = image_emb[task.images]  # (S, E)
+    best = (images @ combo_emb.T).argmax(1).numpy()  # (S,)
     out, mean = {}, {}
-    for attribute, names in ATTRIBUTE_VALUES.items():
-        truth = np.array([names.index(records[i].attributes["objects"][0][attribute]) for i in single])
-        value_of = np.array([names.index(o[attribute]) for o in objects])  # (96,)
+    for attribute, names in task.values.items():
+        truth = np.array([names.index(v) for v in task.truth[attribute]])
+        value_of = np.array([names.index(c[attribute]) for c in task.candidates])  # (K,)
         out[attribute] = float((value_of[best] == truth).mean())
         class_emb = torch.stack([F.normalize(combo_emb[value_of == k].mean(0), dim=-1) for k in range(len(names))])
-        mean[attribute] = float((classify(image_emb[single], class_emb) == truth).mean())
+        mean[attribute] = float((classify(images, class_emb) == truth).mean())
     out["mean_ensemble"] = mean
-    out["n"] = len(single)
+    out["n"] = len(task.images)
     return out

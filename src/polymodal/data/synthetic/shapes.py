@@ -12,6 +12,7 @@ compositional generalisation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -19,8 +20,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from ..kinds import DATASET_KINDS, AttributeTask, DatasetKind
 from ..schema import Record, write_manifest
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -301,6 +304,11 @@ def hard_negatives(attributes: dict, rng: random.Random, count: int = 1,
 # Probe pairs (ARO, SugarCrepe) and Winoground-style image pairs
 
 
+ARO_PROBES = ("attribute_binding", "relation_order")
+SUGARCREPE_FAMILIES = ("replace_attribute", "replace_object", "replace_relation", "swap_attribute", "swap_object",
+                       "add_attribute")
+WINOGROUND_KINDS = ("swap_colours", "swap_relation")
+
 # SugarCrepe-style families (Hsieh et al., 2023) and the ARO probes, as counterfactual kinds.
 PROBE_KINDS = {
     "attribute_binding": ("swap_colours",),  # ARO VG-Attribution
@@ -472,7 +480,7 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
                 bar.advance(task, len(chunk))
     write_manifest(out / "manifest.jsonl", (Record.from_json(r) for r in records))
     meta = {
-        "generator": "shapes", "version": 1, **config.__dict__, "splits": sizes,
+        "generator": "shapes", "kind": "shapesworld", "version": 1, **config.__dict__, "splits": sizes,
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
         "unseen_combos": [list(c) for c in UNSEEN_COMBOS],
     }
@@ -482,3 +490,66 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
 
 def is_shapes_record(attributes: dict) -> bool:
     return isinstance(attributes, dict) and "objects" in attributes and "relations" in attributes
+
+
+# ----------------------------------------------------------------------------------------------
+# ShapesWorld as a dataset kind: what training and evaluation ask of it
+
+
+ATTRIBUTE_VALUES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
+
+
+def object_prompts() -> tuple[list[dict], list[list[str]]]:
+    """Every single-object description (size x colour x shape), each in every 1-object template."""
+    objects, prompts = [], []
+    for size, colour, shape in itertools.product(ATTRIBUTE_VALUES["size"], ATTRIBUTE_VALUES["colour"],
+                                                 ATTRIBUTE_VALUES["shape"]):
+        obj = {"size": size, "colour": colour, "shape": shape, "x": 0, "y": 0}
+        objects.append(obj)
+        rng = random.Random(f"{size}{colour}{shape}")
+        prompts.append([describe([obj], [], rng) for _ in range(len(TRAIN_TEMPLATES[1]) * 2)])
+    return objects, prompts
+
+
+class ShapesWorldKind(DatasetKind):
+    """Records that keep their scene (`attributes.objects` and `.relations`): a caption is relevant
+    to every image whose scene makes its facts true, training gets counterfactual captions as hard
+    negatives, zero-shot classifies colour, shape and size of one-object images, and the ARO,
+    SugarCrepe- and Winoground-style probes are built from the scene."""
+
+    name = "shapesworld"
+    probe_families = ARO_PROBES + SUGARCREPE_FAMILIES
+    winoground_kinds = WINOGROUND_KINDS
+
+    def accepts(self, records) -> bool:
+        return bool(records) and all(is_shapes_record(r.attributes) for r in records)
+
+    def relevant_images(self, records) -> list[np.ndarray]:
+        """Two scenes with the same description match each other's captions."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(object_key(r.attributes), []).append(i)
+        return [np.array([j for j in groups[object_key(r.attributes)] if satisfies(records[j].attributes, r.attributes)])
+                for r in records]
+
+    def negative_sampler(self, records):
+        # The colour-shape pairs these images hold: hard negatives name no other (see hard_negatives).
+        known = {(o["colour"], o["shape"]) for r in records for o in r.attributes["objects"]}
+        return lambda index, count, rng: hard_negatives(records[index].attributes, rng, count, known)
+
+    def attribute_task(self, records) -> AttributeTask:
+        """Colour, shape and size of the one-object images, from the 96 object descriptions."""
+        single = [i for i, r in enumerate(records) if len(r.attributes["objects"]) == 1]
+        objects, prompts = object_prompts()
+        truth = {a: [records[i].attributes["objects"][0][a] for i in single] for a in ATTRIBUTE_VALUES}
+        candidates = [{a: o[a] for a in ATTRIBUTE_VALUES} for o in objects]
+        return AttributeTask(ATTRIBUTE_VALUES, candidates, prompts, single, truth)
+
+    def probe_pair(self, record, family: str) -> tuple[str, str] | None:
+        return probe_pair(record.attributes, family, record.id)
+
+    def winoground_item(self, record, kind: str, image_size: int):
+        return winoground_pair(record.attributes, kind, record.id, image_size)
+
+
+SHAPESWORLD = DATASET_KINDS.register("shapesworld", ShapesWorldKind())
