@@ -95,7 +95,8 @@ def load_part(out: Path, part: str, name: str) -> dict | None:
 KEYS = ["R1_10k", *ARO, *FAMILIES, "winoground_group", "unseen_gap", "rephrased_drop", "rephrased_R1_2k"]
 AIMS = {"demo": {"R1_10k": ">= 0.90", "rephrased_drop": "<= 0.05", "unseen_gap": "<= 0.05",
                  **{k: ">= 0.85" for k in ARO + FAMILIES}},
-        "long": {"winoground_group": ">= 0.80", "rephrased_drop": "<= 0.05", "attribute_binding": ">= 0.97", "relation_order": ">= 0.97",
+        "long": {"winoground_group": ">= 0.80", "rephrased_drop": "<= 0.05", "attribute_binding": ">= 0.97",
+                 "relation_order": ">= 0.97",
                  **{k: ">= 0.95" for k in FAMILIES}}}
 AIMS["demo"]["relation_order"] = ">= 0.90"
 
@@ -117,7 +118,8 @@ def assemble(out: Path) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    for part, title in (("demo", f"the demo's budget ({DEMO_STEPS} steps)"), ("long", f"15 minutes ({LONG_STEPS} steps)")):
+    for part, title in (("demo", f"the demo's budget ({DEMO_STEPS} steps)"),
+                        ("long", f"15 minutes ({LONG_STEPS} steps)")):
         if part not in summary:
             continue
         table = Table(title=f"Composition, {title}")
@@ -133,7 +135,8 @@ def print_table(summary: dict) -> None:
     if "busy_machine_R1_gap" in summary:
         g = summary["busy_machine_R1_gap"]
         console.print(f"busy machine: R1_10k {g['busy_R1_10k']:.3f} (train {g['busy_train_s']:.0f} s) against idle "
-                      f"{g['idle_R1_10k']:.3f} ({g['idle_train_s']:.0f} s): gap {g['polymodal']:+.3f} (aim: within 0.02)")
+                      f"{g['idle_R1_10k']:.3f} ({g['idle_train_s']:.0f} s): gap {g['polymodal']:+.3f} "
+                      "(aim: within 0.02)")
 
 
 def main() -> None:

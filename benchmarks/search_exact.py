@@ -57,13 +57,14 @@ def run(n: int, d: int, n_queries: int, batch_reps: int, k: int = 10) -> list[di
         start = time.perf_counter()
         index = VectorIndex.build(x, ids, kind)
         build[f"polymodal {kind}"] = time.perf_counter() - start
-        methods[f"polymodal {kind}"] = (lambda q, i=index: i.search(q[None], k)[1][0], lambda b, i=index: i.search(b, k))
+        methods[f"polymodal {kind}"] = (lambda q, i=index: i.search(q[None], k)[1][0],
+                                        lambda b, i=index: i.search(b, k))
         if kind == "flat":
             import faiss
 
             raw = faiss.IndexFlatIP(d)
             raw.add(x)
-            methods["faiss flat"] = (lambda q: raw.search(q[None], k)[1][0], lambda b: raw.search(b, k))
+            methods["faiss flat"] = (lambda q, r=raw: r.search(q[None], k)[1][0], lambda b, r=raw: r.search(b, k))
     lat = {name: [] for name in methods}
     found = {name: [] for name in methods}
     names = list(methods)

@@ -77,9 +77,11 @@ def main() -> None:
 
     rows = [
         ("generation rate (images/s)", "thousands/s", f"{n_images / gen_s:,.0f}", "", ""),
-        ("t2i R@1, 10,000-image gallery", ">= 0.90", f"{t2i(ours):.3f}", f"{t2i(base):.3f}", f"{t2i(ours) / max(t2i(base), 1e-9):.2f}x"),
+        ("t2i R@1, 10,000-image gallery", ">= 0.90", f"{t2i(ours):.3f}", f"{t2i(base):.3f}",
+         f"{t2i(ours) / max(t2i(base), 1e-9):.2f}x"),
         ("  exact-image R@1 (ceiling)", "reported",
-         f"{ours['test']['text_to_image']['instance_R@1']:.3f} ({ours['test']['text_to_image']['instance_R@1_ceiling']:.3f})", "", ""),
+         f"{ours['test']['text_to_image']['instance_R@1']:.3f} "
+         f"({ours['test']['text_to_image']['instance_R@1_ceiling']:.3f})", "", ""),
         ("unseen - seen R@1 gap (same gallery)", "<= 0.05 drop", f"{ours['unseen_gap']['gap']:+.3f}",
          f"{base['unseen_gap']['gap']:+.3f}", ""),
         ("attribute binding probe", ">= 0.95", f"{probe(ours, 'attribute_binding'):.3f}",
@@ -91,7 +93,8 @@ def main() -> None:
         ("zero-shot shape (1-object images)", ">= 0.98", f"{ours['test']['zero_shot']['shape']:.3f}",
          f"{base['test']['zero_shot']['shape']:.3f}", ""),
         ("held-out rephrasing, 2k gallery: R@1 drop (scratch text)", "reported",
-         f"{ours['test_rephrase_2k']['rephrased_R@1_drop']:.3f} (R@1 {ours['test_rephrase_2k']['text_to_image']['R@1']:.3f})",
+         f"{ours['test_rephrase_2k']['rephrased_R@1_drop']:.3f} "
+         f"(R@1 {ours['test_rephrase_2k']['text_to_image']['R@1']:.3f})",
          f"{base['test_rephrase_2k']['rephrased_R@1_drop']:.3f}", ""),
     ]
     if lit:

@@ -86,9 +86,11 @@ def main() -> None:
     for col in ("target", "aim", "reached"):
         table.add_column(col)
     table.add_row(f"{args.model}: relational / non-relational (test)", ">= 94 % / >= 98 % in 30 min",
-                  f"{100 * acc['relational']:.1f} % / {100 * acc['non-relational']:.1f} % after {t['train_seconds'] / 60:.1f} min "
+                  f"{100 * acc['relational']:.1f} % / {100 * acc['non-relational']:.1f} % "
+                  f"after {t['train_seconds'] / 60:.1f} min "
                   + (f"training ({t['wall_seconds'] / 60:.1f} min wall)" if t.get("wall_seconds") else "training"))
-    table.add_row("  first validation point at both targets", "", f"{first_hit / 60:.1f} min" if first_hit else "not reached")
+    table.add_row("  first validation point at both targets", "",
+                  f"{first_hit / 60:.1f} min" if first_hit else "not reached")
     table.add_row("  question-only / image-only baselines", "", " / ".join(
         f"{100 * target['baselines'][k]['relational']:.1f} % / {100 * target['baselines'][k]['non-relational']:.1f} %"
         for k in ("question only", "image only")))
