@@ -3,9 +3,11 @@ endpoints (with a request shaped exactly as its ClipClient sends it), bad upload
 
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
+
 from search_helpers import make_collection, make_model
 
 pytest.importorskip("fastapi")
@@ -25,7 +27,18 @@ def served(tmp_path_factory, shapes_dir):
     model = polymodal.load(model_dir)
     app = create_app(ServerConfig(index=str(root / "idx"), max_upload_bytes=200_000), model=model)
     with TestClient(app) as client:
+        wait_ready(client)
         yield client, root, images, model
+
+
+def wait_ready(client, timeout: float = 30.0) -> dict:
+    """/health until it says ready (the model and index load in the background)."""
+    deadline = time.monotonic() + timeout
+    while (response := client.get("/health")).status_code != 200:
+        assert response.status_code == 503 and response.json()["status"] == "loading", response.text
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.02)
+    return response.json()
 
 
 def png_bytes(path) -> bytes:
@@ -35,7 +48,8 @@ def png_bytes(path) -> bytes:
 def test_health_and_docs(served):
     client, *_ = served
     health = client.get("/health").json()
-    assert health == {"status": "ok", "items": 20, "model_id": health["model_id"], "dim": 64, "kind": "flat"}
+    assert health["status"] == "ok" and health["ready"] and health["model_loaded"] and health["index_loaded"]
+    assert (health["items"], health["dim"], health["kind"], health["index_generation"]) == (20, 64, "flat", 1)
     assert "/knn-service" in client.get("/openapi.json").json()["paths"]
     assert "<form" in client.get("/").text
 
@@ -74,7 +88,7 @@ def test_embed_and_classify(served):
 
 @pytest.mark.parametrize("files,status,reason", [
     ({"file": ("notes.txt", b"hello, not an image", "text/plain")}, 400, "not a readable image"),
-    ({"file": ("empty.png", b"", "image/png")}, 400, "empty upload"),
+    ({"file": ("empty.png", b"", "image/png")}, 400, "empty file"),
     ({"file": ("big.png", b"\x89PNG" + b"0" * 300_000, "image/png")}, 413, "upload limit"),
     ({}, 422, "file"),
 ])
@@ -88,7 +102,8 @@ def test_bad_requests_are_4xx(served):
     client, *_ = served
     assert client.post("/search", json={"text": "", "k": 5}).status_code == 422
     assert client.post("/search", json={"text": "x", "k": 0}).status_code == 422
-    assert client.post("/classify", files={"file": ("a.png", b"x")}, data={"labels": "one"}).status_code == 400
+    assert client.post("/search", json={"text": " \t\x1c", "k": 5}).status_code == 422  # no word: as the schema says
+    assert client.post("/classify", files={"file": ("a.png", b"x")}, data={"labels": "one, "}).status_code == 422
     assert client.get("/items/999999/file").status_code == 404
 
 
@@ -127,6 +142,7 @@ def test_api_key_is_required_beyond_loopback(served):
         create_app(ServerConfig(index=str(root / "idx"), host="0.0.0.0"), model=model)
     app = create_app(ServerConfig(index=str(root / "idx"), host="0.0.0.0", api_key="s3cret"), model=model)
     with TestClient(app) as client:
+        wait_ready(client)
         assert client.post("/search", json={"text": "a red circle"}).status_code == 401
         assert client.post("/search", json={"text": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
         ok = client.post("/search", json={"text": "a red circle"}, headers={"X-API-Key": "s3cret"})

@@ -1,39 +1,81 @@
-"""Request and response bodies of the REST API (pydantic: validated, and documented in /docs)."""
+"""Request and response bodies of the REST API (pydantic: validated, and documented in /docs).
+
+The constraints here are the server's real ones, so that a request the document allows is a
+request the server answers (the schemathesis test checks both directions).
+"""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
+
+# The characters str.strip() removes (str.isspace()), spelled out: JSON Schema patterns are
+# ECMA-262 regexes, whose \s is another set, and encode_text refuses a text of these alone.
+SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+HAS_WORD = f"[^{SPACE}]"
+# Two comma-separated labels at least, each with a character that is not white space.
+TWO_LABELS = f"[^,{SPACE}][^,]*,[\\s\\S]*[^,{SPACE}]"
+
+
+QueryText = Annotated[str, Field(pattern=HAS_WORD, description="Text with at least one non-space character.")]
+
+
+def _whole_float_as_int(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds):
+    """An int field within `bounds` (ge, le) that also takes 10.0: JSON Schema counts it an
+    integer, strict pydantic alone would not. (The bounds must come before the validator, or
+    the schema shows pydantic's names for them.)"""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole_float_as_int)]
+
+
+# A base64 image: OpenAPI's format `byte`, with what it holds in JSON Schema's own keywords.
+Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={
+    "format": "byte", "contentEncoding": "base64", "contentMediaType": "image/*"})]
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What was wrong, in one line.")
 
 
 class Hit(BaseModel):
     id: int
     score: float
     path: str
-    caption: Optional[str] = None
+    caption: str | None = None
     modality: str
     url: str = Field(description="Where the server serves the item's file.")
 
 
+# Request bodies are strict: a value of another JSON type than the schema's is refused, not coerced.
+STRICT = ConfigDict(strict=True)
+
+
 class SearchRequest(BaseModel):
-    text: str = Field(min_length=1, description="A sentence describing the images to find.")
-    k: int = Field(10, ge=1, le=1000)
+    model_config = STRICT
+
+    text: QueryText = Field(description="A sentence describing the images to find.")
+    k: integer(ge=1, le=1000) = 10
 
 
 class SearchResponse(BaseModel):
     query: str
-    hits: List[Hit]
+    hits: list[Hit]
 
 
 class EmbedTextRequest(BaseModel):
-    texts: List[str] = Field(min_length=1, max_length=1024)
+    model_config = STRICT
+
+    texts: list[QueryText] = Field(min_length=1, max_length=1024)
 
 
 class EmbedResponse(BaseModel):
     model_id: str
     dim: int
-    embeddings: List[List[float]]
+    embeddings: list[list[float]]
 
 
 class Label(BaseModel):
@@ -42,34 +84,70 @@ class Label(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    labels: List[Label]
+    labels: list[Label]
 
 
 class Health(BaseModel):
-    status: str
-    items: int
-    model_id: str
+    status: Literal["ok", "loading", "failed"] = Field(description="ok: ready to answer queries.")
+    ready: bool
+    model_loaded: bool
+    index_loaded: bool
+    model_id: str = Field(description="From the index manifest.")
     dim: int
-    kind: str
+    items: int | None = Field(None, description="Items in the loaded index (null until it is loaded).")
+    kind: str | None = Field(None, description="The vector index kind (flat, hnsw, ...).")
+    index_generation: int = Field(0, description="1 after the first load, +1 for every reload from disk.")
+    index_loaded_at: float | None = Field(None, description="When the index now served was loaded (Unix time).")
+    error: str | None = Field(None, description="Why loading failed, or why the last reload failed (the "
+                                                   "index loaded before it still serves).")
+
+
+class KnnHit(BaseModel):
+    id: int
+    similarity: float
+    url: str
+    caption: str
+    image_path: str
 
 
 class KnnRequest(BaseModel):
     """clip-retrieval's /knn-service body, as its ClipClient sends it. Options polymodal has no use
     for (safety model, violence detector, aesthetic weighting, mclip) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {name: {"type": kind}}, "required": [name]}
+        for name, kind in (("text", "string"), ("image", "string"), ("embedding_input", "array"))]})
 
-    text: Optional[str] = None
-    image: Optional[str] = Field(None, description="base64-encoded image file")
-    image_url: Optional[str] = None
-    embedding_input: Optional[List[float]] = None
-    modality: str = "image"
-    num_images: int = Field(40, ge=1, le=10000)
-    num_result_ids: Optional[int] = Field(None, ge=1)
-    indice_name: Optional[str] = None
+    text: QueryText | None = None
+    image: Base64Image | None = Field(None, description="A base64-encoded image file.")
+    image_url: None = Field(None, description="Not supported: the server fetches nothing (send `image`).")
+    embedding_input: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    modality: Literal["image"] = Field("image", description="What to search: this index holds images.")
+    num_images: integer(ge=1, le=10000) = 40
+    num_result_ids: integer(ge=1) | None = None
+    indice_name: str | None = None
     deduplicate: bool = True
     use_safety_model: bool = False
     use_violence_detector: bool = False
     use_mclip: bool = False
-    aesthetic_score: Optional[int] = None
-    aesthetic_weight: Optional[float] = None
+    aesthetic_score: integer() | None = None
+    aesthetic_weight: float | None = None
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _no_fetching(cls, value):
+        if value is not None:
+            raise ValueError("image_url is not supported (the server fetches nothing); send 'image' as base64")
+        return value
+
+    @model_validator(mode="after")
+    def _one_query(self):
+        if self.text is None and self.image is None and self.embedding_input is None:
+            raise ValueError("give one of text, image (base64) or embedding_input")
+        return self
+
+
+def knn_request_for(dim: int) -> type[KnnRequest]:
+    """KnnRequest whose embedding_input must have the index's dimension."""
+    vector = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=dim, max_length=dim)]
+    return create_model("KnnRequest", __base__=KnnRequest, embedding_input=(vector | None, None))

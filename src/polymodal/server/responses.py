@@ -1,0 +1,42 @@
+"""What the server answers with when something is wrong: JSON that any text fits in, and the error
+responses each route declares in the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .schemas import Error
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON escaped to ASCII: an error may echo what the client sent, and JSON's \\ud800 escapes
+    can carry lone surrogates that UTF-8 cannot (FastAPI's own response would fail with a 500)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def http_error(_: Request, err: HTTPException) -> AsciiJSONResponse:
+    return AsciiJSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
+
+
+async def validation_error(_: Request, err: RequestValidationError) -> AsciiJSONResponse:
+    # An echoed input may be bytes that are not UTF-8 (a body that is not text at all).
+    detail = jsonable_encoder(err.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    return AsciiJSONResponse({"detail": detail}, status_code=422)
+
+
+def errors(codes: dict[int, str]) -> dict:
+    """Status code -> description, as FastAPI's `responses`, each with an Error body."""
+    return {code: {"model": Error, "description": text} for code, text in codes.items()}
+
+
+NOT_READY = errors({503: "The model or the index is still loading, or failed to load (see /health)."})
+BAD_BODY = errors({400: "The body could not be parsed (not JSON, or not a well-formed form)."})
+BAD_UPLOAD = errors({400: "The body could not be parsed, or the upload is not a readable image.",
+                     413: "The upload is larger than the server's limit (--max-upload-mb)."})
