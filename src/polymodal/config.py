@@ -57,7 +57,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         data = {k: v for k, v in data.items() if k != "name"}
         image = replace_fields(ImageTowerConfig(), _tuples(data.pop("image", {})))
         text = replace_fields(TextTowerConfig(), data.pop("text", {}))

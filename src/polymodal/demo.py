@@ -16,8 +16,8 @@ from .data.pairs import ImageTextPairs
 from .data.synthetic import shapes
 from .evaluate import evaluate
 from .evaluate.probes import caption_scores, probe_pairs
-from .evaluate.run import print_results
 from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_report
+from .evaluate.run import print_results
 from .models.checkpoint import load_checkpoint
 from .train.loop import TrainConfig, train
 

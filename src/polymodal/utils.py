@@ -18,8 +18,15 @@ import numpy as np
 def progress_bar(enabled: bool = True, transient: bool = False, count: bool = True):
     """A rich progress bar with rate-bearing description, percentage, elapsed time and ETA
     (disabled: a no-op with the same API)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn()]
     columns += [MofNCompleteColumn()] if count else []

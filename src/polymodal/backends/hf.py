@@ -103,7 +103,6 @@ def is_hf_dir(path: Path) -> bool:
 def load_hf(source: str, model_id: str | None = None) -> HFModel:
     """`source`: a repo id on the hub / in its cache, or a local directory."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per weight file is noise for a CLI

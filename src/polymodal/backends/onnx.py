@@ -226,10 +226,10 @@ class OnnxModel(EncoderInterface):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def eval(self) -> "OnnxModel":
+    def eval(self) -> OnnxModel:
         return self
 
-    def to(self, device) -> "OnnxModel":
+    def to(self, device) -> OnnxModel:
         if str(device) != "cpu":
             raise ValueError(f"{self.model_id}: runs on the CPU through ONNX Runtime (asked for {device})")
         return self

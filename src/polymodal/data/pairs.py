@@ -8,9 +8,9 @@ tokenized per batch (the Rust tokenizer does 256 captions in about a millisecond
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

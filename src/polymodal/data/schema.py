@@ -6,9 +6,10 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import DataError  # re-exported: the records and readers raise it
 
@@ -76,7 +77,7 @@ class Record:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Record":
+    def from_json(cls, obj: dict) -> Record:
         if not isinstance(obj, dict) or "id" not in obj:
             raise DataError("a record must be a JSON object with an 'id'")
         text = obj.get("text", [])
@@ -135,7 +136,7 @@ class RecordSet:
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
-    def split(self, *names: str) -> "RecordSet":
+    def split(self, *names: str) -> RecordSet:
         return RecordSet(self.root, [r for r in self.records if r.split in names], self.skips)
 
     @property

@@ -35,7 +35,7 @@ class QuestionVocab:
         self.length = length  # questions are padded / cut to this many tokens
 
     @classmethod
-    def build(cls, texts, extra_length: int = 2) -> "QuestionVocab":
+    def build(cls, texts, extra_length: int = 2) -> QuestionVocab:
         seen, longest = set(), 1
         for t in texts:
             w = words(t)
@@ -55,7 +55,7 @@ class QuestionVocab:
         return {"tokens": self.tokens, "length": self.length}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QuestionVocab":
+    def from_dict(cls, d: dict) -> QuestionVocab:
         return cls(list(d["tokens"]), int(d["length"]))
 
 
@@ -75,7 +75,7 @@ class VQATensors:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, n: int) -> "VQATensors":
+    def subset(self, n: int) -> VQATensors:
         return VQATensors(self.images[:n], self.questions[:n], self.answers[:n], self.relational[:n],
                           self.subtypes[:n], self.subtype_names, self.texts[:n], self.ids[:n])
 

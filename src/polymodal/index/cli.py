@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -19,8 +18,8 @@ RAY_HELP = "Encode on a Ray actor pool (a local Ray instance unless --ray-addres
 ADDRESS_HELP = "Ray cluster to join (e.g. ray://head:10001 or auto); implies --ray."
 
 
-def _build(source: Path, out: Path, model: Optional[str], kind: str, batch_size: int, shard_size: int,
-           workers: Optional[int], ray: bool, ray_address: Optional[str], ray_actors: int, strict: bool,
+def _build(source: Path, out: Path, model: str | None, kind: str, batch_size: int, shard_size: int,
+           workers: int | None, ray: bool, ray_address: str | None, ray_actors: int, strict: bool,
            device: str) -> None:
     from .pipeline import BuildConfig, build_index
 
@@ -42,9 +41,9 @@ def build_cmd(
     kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw or ivfpq."),
     batch_size: int = typer.Option(64, help="Images a forward pass."),
     shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads (default: cores the encoder leaves free)."),
+    workers: int | None = typer.Option(None, help="Decoding threads (default: cores the encoder leaves free)."),
     ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
-    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    ray_address: str | None = typer.Option(None, help=ADDRESS_HELP),
     ray_actors: int = typer.Option(2, help="Model replicas in the Ray actor pool."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable file instead of skipping it."),
     device: str = typer.Option("cpu", help="Device for local encoding."),
@@ -59,9 +58,9 @@ def add_cmd(
     source: Path = typer.Argument(..., help="Images, folder or dataset to add."),
     batch_size: int = typer.Option(64),
     shard_size: int = typer.Option(1024),
-    workers: Optional[int] = typer.Option(None),
+    workers: int | None = typer.Option(None),
     ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
-    ray_address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    ray_address: str | None = typer.Option(None, help=ADDRESS_HELP),
     ray_actors: int = typer.Option(2),
     strict: bool = typer.Option(False),
     device: str = typer.Option("cpu"),
@@ -77,7 +76,7 @@ def add_cmd(
 @index_app.command("remove")
 def remove_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    paths: List[Path] = typer.Argument(..., help="Files (or folders: everything under them) to remove."),
+    paths: list[Path] = typer.Argument(..., help="Files (or folders: everything under them) to remove."),
 ):
     """Remove items from an index by path."""
     from .store import Index
@@ -115,12 +114,12 @@ def info_cmd(
 
 def search_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    query: Optional[str] = typer.Argument(None, help="Text query (or use --image)."),
-    image: Optional[Path] = typer.Option(None, help="Image query: find similar images."),
+    query: str | None = typer.Argument(None, help="Text query (or use --image)."),
+    image: Path | None = typer.Option(None, help="Image query: find similar images."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Results."),
-    model: Optional[str] = typer.Option(None, help="Model (default: the one that built the index)."),
+    model: str | None = typer.Option(None, help="Model (default: the one that built the index)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    grid: Optional[Path] = typer.Option(None, help="Also write a contact sheet of the results (PNG)."),
+    grid: Path | None = typer.Option(None, help="Also write a contact sheet of the results (PNG)."),
 ):
     """Search an index with a text or an image."""
     from .. import load
@@ -152,9 +151,9 @@ def serve_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
     host: str = typer.Option("127.0.0.1", help="Interface; anything beyond loopback requires --api-key."),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, envvar="POLYMODAL_API_KEY", help="Required in X-API-Key or Bearer."),
+    api_key: str | None = typer.Option(None, envvar="POLYMODAL_API_KEY", help="Required in X-API-Key or Bearer."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload."),
-    model: Optional[str] = typer.Option(None, help="Model (default: the one that built the index)."),
+    model: str | None = typer.Option(None, help="Model (default: the one that built the index)."),
 ):
     """Serve an index over HTTP: REST API, OpenAPI docs at /docs, a search page at /."""
     import uvicorn

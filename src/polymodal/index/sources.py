@@ -4,9 +4,9 @@ clip-retrieval does), a single image, or any dataset the loaders read (manifest,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..data.schema import IMAGE_EXTENSIONS, DataError, media_problem, printable_path
 

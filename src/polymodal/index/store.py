@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class Index:
     # -- create / open -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: str | Path, model: str, model_id: str, dim: int, kind: str = "auto") -> "Index":
+    def create(cls, root: str | Path, model: str, model_id: str, dim: int, kind: str = "auto") -> Index:
         root = Path(root)
         resolve_kind(kind, 0)  # validates the name
         if (root / "manifest.json").exists():
@@ -90,7 +90,7 @@ class Index:
         return index
 
     @classmethod
-    def open(cls, root: str | Path) -> "Index":
+    def open(cls, root: str | Path) -> Index:
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -37,7 +36,7 @@ def sort_of_clevr(
 def vqa(
     ctx: typer.Context,
     data: Path = typer.Option(Path("data/sort-of-clevr"), help="VQA dataset; generated (Sort-of-CLEVR) if missing."),
-    model: Optional[List[str]] = typer.Option(None, help="late, early, film, xattn or rn (repeatable)."),
+    model: list[str] | None = typer.Option(None, help="late, early, film, xattn or rn (repeatable)."),
     all_models: bool = typer.Option(False, "--all", help="Every fusion model."),
     out: Path = typer.Option(Path("runs/lab-vqa"), help="Where checkpoints, results.* and report.html go."),
     time_budget: float = typer.Option("5m", parser=parse_duration, metavar="DURATION",
@@ -49,7 +48,7 @@ def vqa(
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
-    threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads (on a busy shared machine 1 can be "
+    threads: int | None = typer.Option(None, min=1, help="Torch CPU threads (on a busy shared machine 1 can be "
                                                            "several times faster than 2)."),
 ):
     """Train fusion models, evaluate per question type and with a missing modality, write a report."""

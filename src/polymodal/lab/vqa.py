@@ -139,10 +139,10 @@ def _headline(metrics: dict) -> dict:
 
 def _attention_examples(results: dict, test: VQATensors, out: Path, n: int = 4) -> list[dict]:
     """Attention maps of the first attention model on a few test questions (PNGs in out/attention)."""
+    import matplotlib.pyplot as plt
+
     from ..models.fusion import load_vqa
     from .explain import ask, attention_figure
-
-    import matplotlib.pyplot as plt
 
     key = next(k for k, e in results["models"].items() if e["fusion"] == "xattn")
     model = load_vqa(results["models"][key]["checkpoint"])

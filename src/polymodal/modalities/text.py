@@ -3,8 +3,8 @@ all-MiniLM-L6-v2 sentence encoder used as a locked tower)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -29,15 +29,14 @@ class Tokenizer:
         self.tok.enable_truncation(context_length)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, context_length: int) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, context_length: int) -> Tokenizer:
         """A WordPiece tokenizer whose vocabulary is the most frequent words of `texts` plus every
         character seen (alone and as a '##' continuation), so an unseen word still splits into
         known pieces. Built directly rather than with the `tokenizers` trainer, which breaks
         ties in hash order and so gives different ids in different processes (DDP ranks)."""
         from collections import Counter
 
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
         normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
         words: Counter[str] = Counter()
@@ -55,7 +54,7 @@ class Tokenizer:
         return cls(tok, context_length)
 
     @classmethod
-    def from_file(cls, path: str | Path, context_length: int) -> "Tokenizer":
+    def from_file(cls, path: str | Path, context_length: int) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return cls(HFTokenizer.from_file(str(path)), context_length)

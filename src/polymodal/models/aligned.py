@@ -14,6 +14,7 @@ from ..modalities.image import ImageNormalize, build_image_tower, resize_and_cro
 from ..modalities.text import Tokenizer, build_text_tower
 from .interface import DualEncoder
 
+
 def _projection(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
     if not mlp:
         return nn.Linear(in_dim, out_dim, bias=False)

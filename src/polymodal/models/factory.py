@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from ..config import ModelConfig, get_model_config, replace_fields
 from ..errors import ConfigError

@@ -35,7 +35,7 @@ class FusionConfig:
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FusionConfig":
+    def from_dict(cls, d: dict) -> FusionConfig:
         d = {k: v for k, v in d.items() if k != "name"}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
