@@ -93,7 +93,8 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, steps: int = 
     out = Path(out)
     data_dir, model_dir = out / "data", out / "model"
     t0 = time.perf_counter()
-    cfg = shapes.ShapesConfig(n_train=n_train, n_val=min(1000, n_test), n_test=n_test, n_unseen=min(2000, n_test), seed=seed)
+    cfg = shapes.ShapesConfig(n_train=n_train, n_val=min(1000, n_test), n_test=n_test, n_unseen=min(2000, n_test),
+                              seed=seed)
     meta_path = data_dir / "dataset.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if (meta.get("n_train"), meta.get("n_test"), meta.get("seed")) == (n_train, n_test, seed):

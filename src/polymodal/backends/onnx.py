@@ -168,7 +168,8 @@ def _load_tokenizer(directory: Path, spec: dict):
 
         from .hf import HFTokenizer
 
-        return HFTokenizer(AutoTokenizer.from_pretrained(str(directory)), spec["context_length"], spec["pad_to_context"])
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(directory)), spec["context_length"],
+                           spec["pad_to_context"])
     if kind == "open_clip":
         import open_clip
 

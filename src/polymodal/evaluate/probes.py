@@ -22,7 +22,8 @@ from ..data.kinds import DatasetKind, detect_kind
 TIE = 1e-5  # cosine similarities closer than this are a tie
 
 
-def probe_pairs(records, family: str, dataset_kind: DatasetKind | None = None) -> tuple[list[int], list[str], list[str]]:
+def probe_pairs(records, family: str,
+                dataset_kind: DatasetKind | None = None) -> tuple[list[int], list[str], list[str]]:
     """(image indices, true captions, false captions) for the records where `family` applies."""
     dataset_kind = dataset_kind or detect_kind(records)
     idx, true, false = [], [], []

@@ -169,7 +169,8 @@ def print_results(results: dict) -> None:
         if not isinstance(r, dict) or "text_to_image" not in r:
             continue
         t, i = r["text_to_image"], r["image_to_text"]
-        table.add_row(split, str(r["n_images"]), *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
+        table.add_row(split, str(r["n_images"]),
+                      *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
                       *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
     console.print(table)
     for line in summary_lines(results):

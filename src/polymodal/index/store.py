@@ -182,7 +182,8 @@ class Index:
         with self.db:  # one transaction: rows, counter and skip-list clean-up together
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO items (id, path, caption, modality, hash, shard) VALUES (?,?,?,?,?,?)",
-                                [(int(i), p, c, modality, h, shard) for i, p, c, h in zip(ids, paths, captions, hashes)])
+                                [(int(i), p, c, modality, h, shard)
+                                 for i, p, c, h in zip(ids, paths, captions, hashes)])
             self.db.execute("INSERT OR REPLACE INTO counters VALUES ('next_id', ?)", (first + len(paths),))
             self.db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
         self._vectors = None

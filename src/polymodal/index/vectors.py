@@ -1,8 +1,9 @@
 """The searchable vector structures, all FAISS indexes over inner product (= cosine on unit vectors).
 
 kinds:
-- `flat`: exact. Queries are scored with BLAS matrix products over the vectors, chunk by chunk (FAISS's own flat search was slower than plain NumPy on this CPU, for
-  single queries and batches alike: see benchmarks/search_exact.py).
+- `flat`: exact. Queries are scored with BLAS matrix products over the vectors, chunk by chunk
+  (FAISS's own flat search was slower than plain NumPy on this CPU, for single queries and batches
+  alike: see benchmarks/search_exact.py).
 - `fp16`: a compressed scan (float16 codes: half the memory), split across threads.
 - `sq8`: a faster compressed scan (8-bit scalar quantisation) for 10 * k candidates, re-ranked
   exactly with float32 copies (FAISS's "SQ8,RFlat"): for speed, not memory.
@@ -147,7 +148,8 @@ class VectorIndex:
         elif self.kind == "fp16" and len(queries) == 1:
             scores, rows = self._threaded_scan(self.index, queries, k)
         elif self.kind == "sq8" and len(queries) == 1:
-            scores, rows = self._rerank(queries, self._threaded_scan(self.index.base_index, queries, int(self.index.k_factor * k))[1], k)
+            candidates = self._threaded_scan(self.index.base_index, queries, int(self.index.k_factor * k))[1]
+            scores, rows = self._rerank(queries, candidates, k)
         else:
             scores, rows = self.index.search(queries, k)
         return scores, np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1)

@@ -94,14 +94,16 @@ def write_vqa_report(results: dict, markdown: str, path: Path) -> Path:
     for title, png in figures:
         body.append(f"<h2>{title}</h2><img src='data:image/png;base64,{png}' style='max-width:100%'>")
     if results.get("attention_examples"):
-        body.append("<h2>Where the question looks (cross-attention: each hop's weights over the regions)</h2><div class='grid'>")
+        body.append("<h2>Where the question looks (cross-attention: each hop's weights over the regions)</h2>"
+                    "<div class='grid'>")
         for ex in results["attention_examples"]:
             data = base64.b64encode((out / ex["image"]).read_bytes()).decode()
             body.append(f"<figure><img src='data:image/png;base64,{data}' style='width:420px'></figure>")
         body.append("</div>")
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>VQA fusion lab</title><style>"
             "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}"
-            "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
+            "table{border-collapse:collapse;margin:1rem 0}"
+            "td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
             "td:first-child,th:first-child{text-align:left}.note{color:#666}.grid{display:flex;flex-wrap:wrap;gap:.5rem}"
             "</style></head><body>" + "\n".join(body) + "</body></html>")
     with atomic_path(path) as tmp:

@@ -51,7 +51,7 @@ def load_splits(cfg: LabConfig, image_size: int):
     test_name = "test" if "test" in data.splits else None
     if test_name is None:
         raise DataError(f"{cfg.data}: no 'test' split to evaluate on (splits: {data.splits})")
-    vocab = QuestionVocab.build(t for r in train_set for q in r.attributes.get("questions", []) for t in [q.get("text", "")])
+    vocab = QuestionVocab.build(q.get("text", "") for r in train_set for q in r.attributes.get("questions", []))
     answers = answer_vocabulary(train_set)
     train = vqa_tensors(train_set, vocab, answers, image_size, progress=cfg.progress)
     test = vqa_tensors(data.split(test_name), vocab, answers, image_size)
@@ -126,7 +126,8 @@ def run_lab(cfg: LabConfig) -> dict:
             results["baselines"]["image only"] = entry["test"]["question masked"]
         results["models"][key] = entry
         acc = entry["test"][conditions[0]]
-        console.print(f"{key}: relational {acc.get('relational', 0):.3f}, non-relational {acc.get('non-relational', 0):.3f}")
+        console.print(f"{key}: relational {acc.get('relational', 0):.3f}, "
+                      f"non-relational {acc.get('non-relational', 0):.3f}")
     if any(FUSIONS.get(get_fusion_config(m).fusion).has_attention for m in cfg.models):
         results["attention_examples"] = _attention_examples(results, test, out)
     write_results(results, out)
@@ -159,7 +160,8 @@ def _attention_examples(results: dict, test: VQATensors, out: Path, n: int = 4) 
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        examples.append({"image": str(path.relative_to(out)), "question": text, "answer": res["answers"][0], "truth": truth})
+        examples.append({"image": str(path.relative_to(out)), "question": text, "answer": res["answers"][0],
+                         "truth": truth})
     return examples
 
 
@@ -179,11 +181,13 @@ def markdown_tables(results: dict) -> str:
         lines.append(f"| baseline: {name} | {pct(b.get('relational'))} | {pct(b.get('non-relational'))} | "
                      f"{pct(b['overall'])} | | | |")
     lines += ["", "Accuracy (%) under missing or corrupted modalities (relational / non-relational):", "",
-              "| model | " + " | ".join(CONDITIONS) + " | drop when noised |", "| --- |" + " ---: |" * (len(CONDITIONS) + 1)]
+              "| model | " + " | ".join(CONDITIONS) + " | drop when noised |",
+              "| --- |" + " ---: |" * (len(CONDITIONS) + 1)]
     for key, e in results["models"].items():
         if "clean" not in e["test"]:
             continue
-        cells = [f"{pct(e['test'][c].get('relational'))} / {pct(e['test'][c].get('non-relational'))}" for c in CONDITIONS]
+        cells = [f"{pct(e['test'][c].get('relational'))} / {pct(e['test'][c].get('non-relational'))}"
+                 for c in CONDITIONS]
         drop = e["test"]["clean"]["overall"] - e["test"]["image noised"]["overall"]
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {pct(drop)} |")
     first = next(iter(results["models"].values()))["test"]

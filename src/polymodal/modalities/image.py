@@ -74,7 +74,8 @@ def decode_image_bytes(data: bytes, name: str | Path) -> Image.Image:
     except UnidentifiedImageError:  # its message names a BytesIO object, which helps nobody
         raise UnreadableFileError(name, "not a readable image (unknown format, or damaged)") from None
     except _DECODE_ERRORS as err:
-        raise UnreadableFileError(name, f"not a readable image ({err.__class__.__name__}: {_first_line(err)})") from None
+        reason = f"not a readable image ({err.__class__.__name__}: {_first_line(err)})"
+        raise UnreadableFileError(name, reason) from None
 
 
 def _check_size(img: Image.Image, name: str | Path) -> None:

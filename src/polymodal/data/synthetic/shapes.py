@@ -529,7 +529,8 @@ class ShapesWorldKind(DatasetKind):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(records):
             groups.setdefault(object_key(r.attributes), []).append(i)
-        return [np.array([j for j in groups[object_key(r.attributes)] if satisfies(records[j].attributes, r.attributes)])
+        return [np.array([j for j in groups[object_key(r.attributes)]
+                          if satisfies(records[j].attributes, r.attributes)])
                 for r in records]
 
     def negative_sampler(self, records):

@@ -204,7 +204,8 @@ class CrossAttentionFusion(FusionModel):
             reads.append(read)
             maps.append(weights)
         everything = regions.mean(1, keepdim=True).expand_as(q_pooled)  # (B, Q, D)
-        return F.relu(self.combine(torch.cat(reads + [everything], dim=-1))), torch.stack(maps, dim=2)  # (B, Q, hops, N)
+        fused = F.relu(self.combine(torch.cat(reads + [everything], dim=-1)))
+        return fused, torch.stack(maps, dim=2)  # (B, Q, hops, N)
 
 
 @FUSIONS.register("rn")
@@ -220,7 +221,8 @@ class RelationNetwork(FusionModel):
         c = config
         self.g_a, self.g_b = nn.Linear(c.dim, c.hidden), nn.Linear(c.dim, c.hidden, bias=False)
         self.g_q = nn.Linear(c.dim, c.hidden, bias=False)
-        self.g_rest = nn.Sequential(*[m for _ in range(c.layers - 1) for m in (nn.Linear(c.hidden, c.hidden), nn.ReLU())])
+        self.g_rest = nn.Sequential(*[m for _ in range(c.layers - 1)
+                                      for m in (nn.Linear(c.hidden, c.hidden), nn.ReLU())])
         self.f = mlp([c.hidden, c.hidden, c.hidden])
 
     def fused_dim(self):
