@@ -136,6 +136,7 @@ def test_lora_fine_tune_improves_retrieval_changes_only_adapters_and_merges(tmp_
     assert (merged.encode_text(TEXTS) - tuned.encode_text(TEXTS)).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_locked_image_tower_full_fine_tune_saves_and_reloads(tmp_path, shapes_dir):
     from polymodal.train.loop import TrainConfig, train
 
@@ -153,6 +154,7 @@ def test_locked_image_tower_full_fine_tune_saves_and_reloads(tmp_path, shapes_di
                           epochs=1, progress=False))
 
 
+@pytest.mark.slow
 def test_open_clip_lora_saves_adapters_merges_and_exports(tmp_path, shapes_dir):
     from polymodal.backends.onnx import export_onnx
     from polymodal.train.loop import TrainConfig, train
@@ -174,6 +176,7 @@ def test_open_clip_lora_saves_adapters_merges_and_exports(tmp_path, shapes_dir):
     assert (polymodal.load(tmp_path / "onnx").encode_text(TEXTS) * tuned.encode_text(TEXTS)).sum(-1).min() > 0.9999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hf", "open_clip"])
 def test_onnx_export_matches_pytorch(tmp_path, kind):
     if kind == "hf":

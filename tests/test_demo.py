@@ -3,9 +3,12 @@
 import json
 import re
 
+import pytest
+
 from polymodal.demo import QUERY_SIZES, run_demo
 
 
+@pytest.mark.slow
 def test_demo_writes_a_complete_report(tmp_path):
     report = run_demo(tmp_path / "demo", n_train=800, n_test=200, steps=40, model="shapes-cnn-tiny")
     page = report.read_text()

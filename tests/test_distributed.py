@@ -11,6 +11,9 @@ import torch.multiprocessing as mp
 import polymodal
 from polymodal.losses import clip_loss, siglip_loss
 
+
+pytestmark = pytest.mark.slow  # every test here trains or launches processes (make test-fast skips them)
+
 CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc",
             "a large yellow triangle", "a small cyan diamond below a big purple plus", "a big orange star",
             "a small white square right of a large red cross", "a little green disc"]

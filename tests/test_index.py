@@ -88,6 +88,7 @@ def test_add_and_remove_change_the_index_in_place(built, tmp_path, shapes_dir):
         assert len(ids) == len(set(ids.tolist())) == 47 and vectors.shape == (47, 64)
 
 
+@pytest.mark.slow
 def test_a_different_model_is_refused(built, tmp_path):
     root, images, _ = built
     other = polymodal.load(make_model(tmp_path / "other", seed=1))  # same architecture, other weights
@@ -107,6 +108,7 @@ def test_a_different_model_is_refused(built, tmp_path):
     assert proc.returncode == 2 and "built with" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_search_json_and_grid(built, tmp_path):
     root, images, _ = built
     cmd = [sys.executable, "-m", "polymodal.cli", "search", str(root / "idx"), "--image",
@@ -121,6 +123,7 @@ def test_cli_search_json_and_grid(built, tmp_path):
         assert grid.width > 4 * 128
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_exactly_the_expected_set(tmp_path, shapes_dir):
     model_dir = make_model(tmp_path / "model")
     images = make_collection(tmp_path / "images", shapes_dir, n=120, split="train")

@@ -12,6 +12,9 @@ from polymodal.evaluate import evaluate
 from polymodal.train.loop import TrainConfig, train
 
 
+pytestmark = pytest.mark.slow  # every test here trains or launches processes (make test-fast skips them)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from polymodal.data.synthetic.shapes import ShapesConfig, generate
