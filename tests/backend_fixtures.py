@@ -57,7 +57,8 @@ def register_open_clip_arch(directory: Path) -> str:
     """A tiny open_clip architecture, registered with open_clip.add_model_config."""
     import open_clip
 
-    cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 8},
+    cfg = {"embed_dim": 24,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{OPEN_CLIP_ARCH}.json").write_text(json.dumps(cfg))

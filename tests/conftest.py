@@ -5,7 +5,6 @@ import torch
 
 from polymodal.data.synthetic.shapes import ShapesConfig, generate
 
-
 # xdist workers share the cores: each gets its share of threads, or tiny matrix products spend
 # their time waiting for each other (measured: 15x slower training steps with 2 workers x 2 threads).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):

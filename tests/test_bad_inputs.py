@@ -19,8 +19,7 @@ from search_helpers import make_model
 from polymodal.data import load_records
 from polymodal.data.pairs import ImageTextPairs
 from polymodal.data.schema import DataError, UnreadableFileError, printable_path
-from polymodal.index import BuildConfig, Index, build_index
-from polymodal.index import pipeline, sources
+from polymodal.index import BuildConfig, Index, build_index, pipeline, sources
 from polymodal.modalities.image import decode_image_bytes, load_image
 
 
@@ -160,7 +159,7 @@ def check_skips(data, corpus, extra: int = 0) -> None:
     assert decoded(data) == len(corpus.good)
     assert len(data.skips) == len(corpus.bad) + extra
     named = "\n".join(where for where, _ in data.skips.skipped)
-    for what, (path, reason) in corpus.bad.items():
+    for what, (path, _reason) in corpus.bad.items():
         assert printable_path(path) in named, what
 
 

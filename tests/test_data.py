@@ -58,7 +58,8 @@ def test_karpathy_split_file(tmp_path):
     karpathy = {"images": [
         {"filepath": "val2014", "filename": "x.jpg", "split": "restval", "cocoid": 7,
          "sentences": [{"raw": "A man."}, {"raw": "A person."}]},
-        {"filepath": "train2014", "filename": "y.jpg", "split": "test", "cocoid": 8, "sentences": [{"raw": "A tree."}]}]}
+        {"filepath": "train2014", "filename": "y.jpg", "split": "test", "cocoid": 8,
+         "sentences": [{"raw": "A tree."}]}]}
     (tmp_path / "dataset_coco.json").write_text(json.dumps(karpathy))
     data = load_records(tmp_path / "dataset_coco.json")
     by_id = {r.id: r for r in data}

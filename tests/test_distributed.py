@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 import polymodal
 from polymodal.losses import clip_loss, siglip_loss
 
-
 pytestmark = pytest.mark.slow  # every test here trains or launches processes (make test-fast skips them)
 
 CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc",
@@ -76,7 +75,8 @@ def test_ddp_matches_single_process(loss_name):
     single_loss, single_grad = _single(loss_name)
     for _, loss, grad in results:
         assert abs(loss - single_loss) < 1e-5  # every rank computes the global-batch loss
-        assert torch.allclose(torch.from_numpy(grad), single_grad, atol=1e-5)  # DDP's averaged gradient is the global one
+        # DDP's averaged gradient is the global one
+        assert torch.allclose(torch.from_numpy(grad), single_grad, atol=1e-5)
 
 
 def test_train_command_under_torchrun(shapes_dir, tmp_path):
@@ -84,7 +84,8 @@ def test_train_command_under_torchrun(shapes_dir, tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-           "-m", "polymodal.cli", "train", str(shapes_dir), "--out", str(tmp_path / "ddp"), "--model", "shapes-cnn-tiny",
+           "-m", "polymodal.cli", "train", str(shapes_dir), "--out", str(tmp_path / "ddp"),
+           "--model", "shapes-cnn-tiny",
            "--epochs", "1", "--batch-size", "64", "--eval-images", "50"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

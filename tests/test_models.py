@@ -4,8 +4,8 @@ import torch
 import polymodal
 from polymodal.data.schema import DataError
 from polymodal.errors import CheckpointError
-from polymodal.registry import UnknownNameError
 from polymodal.models.checkpoint import load_checkpoint, save_checkpoint
+from polymodal.registry import UnknownNameError
 
 CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc"]
 

@@ -7,12 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import make_hf_model, make_open_clip_checkpoint
 from PIL import Image
 
 import polymodal
 from polymodal.backends.hf import _reference_resampler
-
-from backend_fixtures import make_hf_model, make_open_clip_checkpoint
 
 transformers = pytest.importorskip("transformers")  # the pretrained extra
 

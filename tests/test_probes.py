@@ -5,7 +5,6 @@ import random
 from collections import Counter
 
 import pytest
-import torch
 
 import polymodal
 from polymodal.data import load_records

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from search_helpers import make_collection, make_model
 
 pytest.importorskip("fastapi")

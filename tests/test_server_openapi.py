@@ -10,7 +10,6 @@ import re
 import time
 
 import pytest
-
 from search_helpers import make_collection, make_model
 
 schemathesis = pytest.importorskip("schemathesis")

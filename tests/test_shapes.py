@@ -18,7 +18,8 @@ def test_same_seed_same_dataset_whatever_the_workers(tmp_path):
     cfg = ShapesConfig(n_train=120, n_val=10, n_test=20, n_unseen=20, seed=5)
     generate(tmp_path / "a", cfg, workers=1, progress=False)
     generate(tmp_path / "b", cfg, workers=2, progress=False)
-    generate(tmp_path / "c", ShapesConfig(n_train=120, n_val=10, n_test=20, n_unseen=20, seed=6), workers=1, progress=False)
+    generate(tmp_path / "c", ShapesConfig(n_train=120, n_val=10, n_test=20, n_unseen=20, seed=6), workers=1,
+             progress=False)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 

@@ -11,7 +11,6 @@ from polymodal.data import load_records
 from polymodal.evaluate import evaluate
 from polymodal.train.loop import TrainConfig, train
 
-
 pytestmark = pytest.mark.slow  # every test here trains or launches processes (make test-fast skips them)
 
 
