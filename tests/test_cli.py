@@ -40,6 +40,36 @@ def test_bad_input_exits_non_zero_with_one_line(args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("how", ["--debug", "POLYMODAL_DEBUG=1"])
+def test_debug_shows_the_traceback_before_the_one_line(how, tmp_path, monkeypatch, capsys):
+    """In process (main() as the console script runs it), so that the test is fast; the plain
+    case without a traceback is test_bad_input_exits_non_zero_with_one_line."""
+    from polymodal.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line, however long the path
+    monkeypatch.setenv("POLYMODAL_DEBUG", "1" if how.startswith("POLYMODAL_DEBUG") else "0")  # restored after
+    flags = ["--debug"] if how == "--debug" else []
+    monkeypatch.setattr("sys.argv", ["polymodal", *flags, "data", "info", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("Traceback (most recent call last)") and "polymodal.errors.DataError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: ") and "no such file or directory" in err
+
+
+def test_without_debug_an_error_is_one_line(tmp_path, monkeypatch, capsys):
+    from polymodal.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setenv("POLYMODAL_DEBUG", "0")
+    monkeypatch.setattr("sys.argv", ["polymodal", "data", "info", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
+
+
 def test_unknown_model_is_named(tmp_path, shapes_dir):
     proc = run("train", shapes_dir, "--model", "shapes-cnn-hueg", "--out", tmp_path / "m")
     assert proc.returncode == 2

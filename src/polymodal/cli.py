@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,12 +13,24 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_options import parse_duration
+from .errors import PolymodalError
+from .utils import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="polymodal: multimodal learning toolkit (shared embedding spaces, retrieval, evaluation).")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and convert datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
+
+# The commands import what they need (torch above all) when they run, so that `polymodal --help`
+# and a typo answer at once.
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", envvar="POLYMODAL_DEBUG",
+                                       help="On an error, also show the full traceback (or set POLYMODAL_DEBUG=1).")):
+    if debug:
+        os.environ["POLYMODAL_DEBUG"] = "1"  # read by main() once the command has failed
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -114,7 +127,8 @@ def train_cmd(
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps in all, instead of --epochs: the same "
                                         "model on any machine, however fast or busy."),
     time_budget: Optional[float] = typer.Option(None, parser=parse_duration, metavar="DURATION",
-                                                help="Stop after this much training (e.g. 3m); the LR schedule fits it."),
+                                                help="Stop after this much training (e.g. 3m); the LR "
+                                                "schedule fits it."),
     batch_size: int = typer.Option(128, min=2, help="Global batch size (split across DDP ranks)."),
     accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
     lr: Optional[float] = typer.Option(None, help="Default: 2e-3 from scratch, 1e-5 fine-tuning, 1e-3 with --lora."),
@@ -173,7 +187,7 @@ def eval_cmd(
     if len(dataset.skips):
         console.print(dataset.skips.summary())
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+        write_json(json_out, results)
         console.print(f"metrics: {json_out}")
 
 
@@ -227,13 +241,13 @@ app.command("serve")(serve_cmd)
 
 
 def main() -> None:
-    """Entry point: domain errors become one line on stderr and exit status 2."""
-    from .data.schema import DataError
-    from .registry import UnknownNameError
-
+    """Entry point: errors become one line on stderr and exit status 2; with --debug (or
+    POLYMODAL_DEBUG=1) the full traceback comes first, to find a cause such as a shape mismatch."""
     try:
         app()
-    except (DataError, UnknownNameError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (PolymodalError, FileNotFoundError, ValueError, RuntimeError) as err:
+        if os.environ.get("POLYMODAL_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+            traceback.print_exc()
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:

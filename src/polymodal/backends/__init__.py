@@ -9,9 +9,9 @@ Sources (see `load_model`):
                                          an open_clip directory (open_clip_config.json), an ONNX
                                          export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint
-The backends and polymodal's checkpoints import torch (and their libraries), so this module
-imports them where they are first needed: the command line, which imports this package to
-register its commands, then starts in a fraction of a second.
+
+Each backend imports its own library (transformers, open_clip, onnxruntime, peft) inside the
+functions that need it: they are optional extras, and slow to import.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import json
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..utils import atomic_path
+from .base import BACKEND_FILE, PretrainedModel
+from .hf import is_hf_dir, load_hf
+from .onnx import ONNX_FILE, load_onnx
+from .open_clip import is_open_clip_dir, load_open_clip
 
 PREFIXES = ("hf:", "open_clip:")
 
@@ -34,10 +39,6 @@ def is_pretrained_source(name: str | Path) -> bool:
     path = Path(name)
     if not path.is_dir():
         return False
-    from .base import BACKEND_FILE  # torch: imported on first use (see the module doc)
-    from .hf import is_hf_dir
-    from .open_clip import is_open_clip_dir
-
     return (path / BACKEND_FILE).is_file() or is_hf_dir(path) or is_open_clip_dir(path)
 
 
@@ -45,12 +46,8 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
     """Whatever `source` names (see the module doc), with the common interface, in eval mode."""
     s = str(source)
     if s.startswith("hf:"):
-        from .hf import load_hf  # each library is imported only when its models are asked for
-
         return load_hf(s[3:]).to(device)
     if s.startswith("open_clip:"):
-        from .open_clip import load_open_clip
-
         return load_open_clip(s[len("open_clip:"):]).to(device)
     path = Path(s)
     if not path.exists():
@@ -58,26 +55,18 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
                         f"open_clip:<arch>/<tag> or open_clip:<arch>@<checkpoint file>)")
     if path.is_file():
         raise CheckpointError(f"{s}: a checkpoint file needs its architecture: open_clip:<arch>@{s}")
-    from .base import BACKEND_FILE
-
     marker = _read_marker(path / BACKEND_FILE)
     if marker and marker.get("lora"):
         model = load_model(marker["base"])
         model._load_adapter(path / "adapter", trainable=trainable_adapters)
         model.model_id = f"{model.model_id}+lora:{path.resolve()}"
         return model.to(device)
-    from .hf import is_hf_dir, load_hf
-    from .onnx import ONNX_FILE, load_onnx
-    from .open_clip import is_open_clip_dir, load_open_clip
-
     if (path / ONNX_FILE).is_file():
         return load_onnx(path).to(device)
     if is_open_clip_dir(path):
         return load_open_clip(f"local-dir:{path.resolve()}", model_id=f"open_clip:{path.resolve()}").to(device)
     if is_hf_dir(path):
         return load_hf(str(path)).to(device)
-    from ..models.checkpoint import load_checkpoint
-
     return load_checkpoint(path, device)
 
 
@@ -99,9 +88,6 @@ def load_trainable(source: str, lora: int = 0, lock_image: bool = False, lock_te
 def save_model(model, directory: str | Path, extra: dict | None = None) -> Path:
     """Save any trainable model in its own format; files appear whole or not at all, beside what
     the directory already holds (a training run's metrics and state)."""
-    from ..models.checkpoint import save_checkpoint
-    from .base import PretrainedModel
-
     directory = Path(directory)
     if not isinstance(model, PretrainedModel):
         return save_checkpoint(model, directory, extra)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
+
+from . import load_model, merge_lora
+from .onnx import export_onnx, load_onnx
 
 console = Console()
 export_app = typer.Typer(no_args_is_help=True, help="Export a model for deployment.")
@@ -19,25 +23,21 @@ MODEL_HELP = ("hf:<repo id>, open_clip:<arch>/<tag>, open_clip:<arch>@<file>, or
 def export_onnx_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Argument(..., help="Directory to write (image.onnx, text.onnx, tokenizer, metadata)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write int8 dynamically quantised graphs (loaded by default)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write int8 dynamically quantised graphs "
+                              "(loaded by default)."),
     check: bool = typer.Option(True, help="Reload the export and compare it with the PyTorch model."),
 ):
     """Export the image and text encoders to ONNX (dynamic batch axis) with the preprocessing metadata."""
-    from . import load_model
-    from .onnx import export_onnx, load_onnx
-
     m = load_model(model)
     with console.status("exporting"):
         export_onnx(m, out, int8=int8)
     console.print(f"wrote {out}")
     if check:
-        console.print(_check(m, out, load_onnx))
+        console.print(_check(m, out))
 
 
-def _check(model, out: Path, load_onnx) -> str:
+def _check(model, out: Path) -> str:
     """Cosine similarity of the export's embeddings against the PyTorch model's on random inputs."""
-    import torch
-
     size = model.config.image.image_size
     pixels = torch.randint(0, 256, (4, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     texts = ["a photo of a cat", "a red circle left of a blue square", "two dogs", "a diagram"]
@@ -57,7 +57,5 @@ def lora_merge_cmd(
     out: Path = typer.Argument(..., help="Where to write the merged full model."),
 ):
     """Fold LoRA adapters into the base weights and save the full model (same outputs, no adapters)."""
-    from . import merge_lora
-
     merge_lora(adapters, out)
     console.print(f"merged model: {out}")

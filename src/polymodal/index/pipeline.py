@@ -21,40 +21,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..backends import load_model
 from ..data.schema import UnreadableFileError, printable_path
 from ..errors import DataError, IndexFormatError
 from ..modalities.image import decode_image_bytes, read_image_bytes
+from ..utils import progress_bar
+from .ray_stage import encode_ray
 from .sources import Item, count_source, iter_source
+from .stages import BuildConfig, EncodedBatch
 from .store import Index
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """One frozen set of options shared by the CLI and the Python API."""
-
-    source: str
-    out: str
-    model: str | None = None  # None: the model named in the index manifest (`index add`)
-    kind: str = "auto"
-    batch_size: int = 64
-    shard_size: int = 1024  # items a shard; a kill loses at most one unfinished shard of work
-    workers: int | None = None  # decoding threads (default: cores the encoder leaves free; 0: in line)
-    prefetch: int = 4  # batches decoded ahead of the encoder
-    ray: str | None = None  # None: encode here; "local" or a Ray address: on a Ray actor pool
-    ray_actors: int = 2
-    strict: bool = False
-    progress: bool = True
-    device: str = "cpu"
-
-
-@dataclass
-class EncodedBatch:
-    """What the encoder stage hands to the writer. Items that failed carry an error instead."""
-
-    items: list[Item]
-    hashes: list[str | None]
-    errors: list[str | None]
-    vectors: np.ndarray  # (number of items without error, D) float32, in item order
 
 
 @dataclass
@@ -231,20 +206,16 @@ def open_for_build(cfg: BuildConfig, model) -> Index:
 
 
 def load_model_for(cfg: BuildConfig):
-    from .. import load
-
     spec = cfg.model
     if spec is None:
         if not (Path(cfg.out) / "manifest.json").exists():
             raise IndexFormatError(f"{cfg.out}: no index here (build one with --model first)")
         spec = Index.open(cfg.out).manifest["model"]
-    return load(spec, device=cfg.device)
+    return load_model(spec, device=cfg.device)
 
 
 def build_index(cfg: BuildConfig, model=None) -> BuildReport:
     """Embed every image of `cfg.source` into the index at `cfg.out` (created, resumed or extended)."""
-    from ..utils import progress_bar
-
     model = model if model is not None else load_model_for(cfg)
     index = open_for_build(cfg, model)
     report = BuildReport()
@@ -258,9 +229,7 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
             workers = default_workers() if cfg.workers is None else cfg.workers
             encoded = encode_local(model, batches, workers, cfg.prefetch)
         else:
-            from .ray_stage import encode_ray
-
-            encoded = encode_ray(index.manifest["model"], batches, cfg)
+            encoded = encode_ray(index.manifest["model"], batches, cfg, read_item)
         start, done = time.perf_counter(), 0
         for batch in encoded:
             writer.write(batch)

@@ -8,29 +8,32 @@ the same paths on every node (a shared file system).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .pipeline import BuildConfig, EncodedBatch, read_item
+from ..backends import load_model
 from .sources import Item
+from .stages import BuildConfig, EncodedBatch
+
+# torch and ray are imported where they are used: the command line imports this module to
+# register `index build`, and Ray is an optional extra.
 
 
 class _Encoder:
-    """One model replica (a Ray actor): a batch of paths in, hashes, errors and vectors out."""
+    """One model replica (a Ray actor): a batch of paths in, hashes, errors and vectors out.
+    `read` is the pipeline's reader: (item, preprocess) -> (hash, tensor, error)."""
 
-    def __init__(self, model: str, threads: int):
+    def __init__(self, model: str, threads: int, read: Callable):
         import torch
 
-        from .. import load
-
         torch.set_num_threads(threads)
-        self.model = load(model)
+        self.model, self.read = load_model(model), read
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        results = [read_item(Item(p), self.model.preprocess) for p in batch["path"]]
+        results = [self.read(Item(p), self.model.preprocess) for p in batch["path"]]
         tensors = [t for _, t, err in results if err is None]
         dim = self.model.embed_dim
         vectors = np.zeros((len(results), dim), np.float32)  # Ray wants one row per input row
@@ -41,7 +44,8 @@ class _Encoder:
                 "hash": np.array([h or "" for h, _, _ in results]), "error": np.array([e or "" for _, _, e in results])}
 
 
-def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig) -> Iterator[EncodedBatch]:
+def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig, read: Callable) -> Iterator[EncodedBatch]:
+    """The encoder stage on a Ray actor pool; `read` decodes an item the way a local build does."""
     try:
         import ray
     except ImportError:
@@ -58,7 +62,7 @@ def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig) -> I
     if not rows:
         return
     ds = ray.data.from_items(rows).map_batches(
-        _Encoder, fn_constructor_kwargs={"model": model, "threads": 1}, batch_size=cfg.batch_size,
+        _Encoder, fn_constructor_kwargs={"model": model, "threads": 1, "read": read}, batch_size=cfg.batch_size,
         concurrency=cfg.ray_actors, num_cpus=1, batch_format="numpy")
     for out in ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
         errors = [e or None for e in out["error"].tolist()]
