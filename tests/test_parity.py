@@ -92,6 +92,7 @@ def test_open_clip_pixels_and_embeddings_match_its_transforms(tmp_path):
     _assert_parity(model, ref_pixels, lambda px: ref.encode_image(px), images)
 
 
+@pytest.mark.slow  # exports
 @pytest.mark.parametrize("kind", ["hf", "open_clip"])
 def test_onnx_export_keeps_the_exact_resize(tmp_path, kind):
     """The export carries the resize conventions, so the ONNX model's pixels are the reference's too."""
