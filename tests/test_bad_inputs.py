@@ -88,6 +88,7 @@ def test_permission_denied_is_named(corpus, monkeypatch):
 # -- index build ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_index_build_cli_indexes_the_good_and_names_the_bad(corpus, model_dir, tmp_path):
     out = tmp_path / "idx"
     run = subprocess.run([sys.executable, "-m", "polymodal.cli", "index", "build", str(corpus.folder),

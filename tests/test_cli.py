@@ -21,6 +21,7 @@ def test_help_lists_the_commands():
         assert command in out
 
 
+@pytest.mark.slow
 def test_models_lists_presets():
     out = run("models", "shapes-*", check=True).stdout.split()
     assert "shapes-cnn-small" in out and "shapes-vit-small" in out
@@ -33,6 +34,7 @@ def test_models_lists_presets():
     (("train", "no/such/data", "--time-budget", "soon"), "not a duration"),
     (("train", "no/such/data"), "no such file or directory"),
 ])
+@pytest.mark.slow
 def test_bad_input_exits_non_zero_with_one_line(args, message):
     proc = run(*args)
     assert proc.returncode != 0
@@ -70,12 +72,14 @@ def test_without_debug_an_error_is_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2 and "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_unknown_model_is_named(tmp_path, shapes_dir):
     proc = run("train", shapes_dir, "--model", "shapes-cnn-hueg", "--out", tmp_path / "m")
     assert proc.returncode == 2
     assert "unknown model 'shapes-cnn-hueg'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_generate_inspect_train_eval_similarity(tmp_path):
     data, model = tmp_path / "data", tmp_path / "model"
     run("data", "shapes", data, "--n", 300, "--val", 50, "--test", 60, "--unseen", 40, "--seed", 2, check=True)
@@ -90,6 +94,7 @@ def test_generate_inspect_train_eval_similarity(tmp_path):
     assert "a small red circle" in out and "probability" in out
 
 
+@pytest.mark.slow
 def test_convert_a_csv_to_a_manifest(tmp_path):
     from PIL import Image
 

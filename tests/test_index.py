@@ -210,6 +210,7 @@ def test_ray_build_equals_local_build(built, tmp_path):
             np.testing.assert_allclose(by_path_remote[path], vec, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_remove_a_folder_and_info(built, tmp_path):
     import shutil
 

@@ -129,11 +129,13 @@ def not_really_valid(case, check) -> bool:
                for name, value in case.body.items() if name in fields)
 
 
+@pytest.mark.slow
 def test_loopback_server_keeps_its_document(loopback_api):
     checked, problems = run_schemathesis(loopback_api)
     assert not problems and checked > 200, (checked, problems)
 
 
+@pytest.mark.slow
 def test_keyed_server_keeps_its_document(keyed_api):
     checked, problems = run_schemathesis(keyed_api)
     assert not problems and checked > 80, (checked, problems)

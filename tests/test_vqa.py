@@ -108,6 +108,7 @@ def test_short_training_beats_the_majority_answer(soc, tmp_path):
     assert acc > majority + 0.12, (acc, majority)
 
 
+@pytest.mark.slow
 def test_lab_cli_writes_results_and_explain_writes_a_heat_map(soc, tmp_path):
     from typer.testing import CliRunner
 

@@ -10,6 +10,7 @@ import pytest
 from search_helpers import make_collection, make_model
 
 CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.slow  # a server and a real browser (make test-fast skips it)
 
 
 @pytest.fixture(scope="module")
