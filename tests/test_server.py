@@ -106,6 +106,32 @@ def test_bad_requests_are_4xx(served):
     assert client.get("/items/999999/file").status_code == 404
 
 
+@pytest.mark.parametrize("path,kwargs", [
+    ("/search", {"content": b"\x80\xff not UTF-8", "headers": {"Content-Type": "application/json"}}),
+    ("/search", {"content": b'{"text": "a red', "headers": {"Content-Type": "application/json"}}),
+    ("/embed/text", {"content": b"[1, 2", "headers": {"Content-Type": "application/json"}}),
+    ("/knn-service", {"content": b"\x80\xff"}),
+    ("/knn-service", {"content": b""}),
+    ("/search/image", {"content": b"--x\r\nnot a form",
+                       "headers": {"Content-Type": "multipart/form-data; boundary=x"}}),
+    ("/classify", {"content": b"k=3", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+])
+def test_malformed_bodies_get_a_status_the_document_declares(served, path, kwargs):
+    client, *_ = served
+    response = client.post(path, **kwargs)
+    declared = client.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+    assert 400 <= response.status_code < 500 and str(response.status_code) in declared, response.text
+
+
+def test_the_app_starts_again(served):
+    _, root, _, model = served
+    app = create_app(ServerConfig(index=str(root / "idx")), model=model)
+    for _ in range(2):  # a second start opens the index again on a new event loop
+        with TestClient(app) as client:
+            wait_ready(client)
+            assert client.post("/search", json={"text": "a red circle", "k": 2}).status_code == 200
+
+
 def clip_client_request(**query) -> str:
     """The body clip-retrieval's ClipClient.query() posts (clip_client.py), sent as it sends it:
     `requests.post(url, data=json.dumps(...))`, a str body without a Content-Type header."""

@@ -4,6 +4,7 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,19 @@ def server_url(tmp_path_factory, shapes_dir):
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
+    while not ready(port) and time.time() < deadline:  # the model and index load in the background
+        time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(10)
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:  # urllib's HTTPError (503: still loading) is an OSError too
+        return False
 
 
 def test_type_a_query_and_see_result_images(server_url):
@@ -54,7 +65,8 @@ def test_type_a_query_and_see_result_images(server_url):
         images = page.locator("#results img")
         assert images.count() == 6
         # Every thumbnail really loaded (the server served the file), and each shows a score.
-        page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
         captions = page.locator("#results figcaption").all_inner_texts()
         scores = [float(c.split()[0]) for c in captions]
         assert scores == sorted(scores, reverse=True)

@@ -56,6 +56,7 @@ def search_page() -> FileResponse:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     engine: Engine = app.state.engine
+    engine.start()
     tasks = [asyncio.create_task(asyncio.to_thread(engine.load))]
     if engine.cfg.reload_interval_s:
         tasks.append(asyncio.create_task(engine.watch()))

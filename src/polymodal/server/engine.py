@@ -52,6 +52,7 @@ class Engine:
         self.snapshot: IndexSnapshot | None = None
         self.error: str | None = None  # why loading or the last reload failed
         self._failed_signature: tuple | None = None
+        self.error = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-inference")
         self.batchers = {kind: MicroBatcher(partial(self._run_batch, kind), self.executor, cfg.max_batch,
                                             cfg.max_wait_ms / 1000) for kind in KINDS}
@@ -65,6 +66,14 @@ class Engine:
         return "ok" if self.ready else "failed" if self.error else "loading"
 
     # -- loading -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """At each start of the app: the inference thread and the batchers (they belong to the
+        event loop that runs the app; `load` then loads what is not loaded yet)."""
+        self.error = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-inference")
+        self.batchers = {kind: MicroBatcher(partial(self._run_batch, kind), self.executor, self.cfg.max_batch,
+                                            self.cfg.max_wait_ms / 1000) for kind in KINDS}
 
     def load(self) -> None:
         """Model, then index (blocking: run it on a thread). A failure is kept for /health."""
@@ -107,6 +116,7 @@ class Engine:
         await asyncio.to_thread(self.executor.shutdown)
         if self.snapshot is not None:
             self.snapshot.index.close()
+            self.snapshot = None  # a restarted app opens the index again
 
     # -- queries -----------------------------------------------------------------------------------
 
