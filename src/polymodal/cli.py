@@ -6,7 +6,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -46,7 +45,7 @@ def data_shapes(
     image_size: int = typer.Option(64, help="Image side in pixels."),
     captions: int = typer.Option(5, help="Captions per image."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
-    workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
 ):
     """Generate a ShapesWorld dataset: images of 1-3 coloured shapes with captions."""
     from .data.synthetic.shapes import ShapesConfig, generate
@@ -63,7 +62,7 @@ def data_shapes(
 def data_info(
     source: Path = typer.Argument(..., help="A dataset: directory, COCO JSON, CSV/TSV, or class folder."),
     format: str = typer.Option("auto", help="manifest, coco, csv, folder, or auto."),
-    images: Optional[Path] = typer.Option(None, help="Directory the media paths are relative to."),
+    images: Path | None = typer.Option(None, help="Directory the media paths are relative to."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
 ):
     """Load a dataset with any loader and summarise it (splits, captions, skipped records)."""
@@ -85,7 +84,7 @@ def data_convert(
     source: Path = typer.Argument(..., help="COCO JSON, CSV/TSV or class folder to convert."),
     out: Path = typer.Argument(..., help="Where to write manifest.jsonl (paths point back at the media)."),
     format: str = typer.Option("auto", help="manifest, coco, csv, folder, or auto."),
-    images: Optional[Path] = typer.Option(None, help="Directory the media paths are relative to."),
+    images: Path | None = typer.Option(None, help="Directory the media paths are relative to."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
 ):
     """Write any supported dataset as a polymodal manifest (media files are not copied)."""
@@ -124,14 +123,14 @@ def train_cmd(
                               "or a pretrained model to fine-tune: hf:<id>, open_clip:<arch>/<tag>, a directory."),
     loss: str = typer.Option("clip", help="clip (symmetric InfoNCE) or siglip (sigmoid)."),
     epochs: int = typer.Option(10, min=1),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps in all, instead of --epochs: the same "
+    steps: int | None = typer.Option(None, min=1, help="Optimizer steps in all, instead of --epochs: the same "
                                         "model on any machine, however fast or busy."),
-    time_budget: Optional[float] = typer.Option(None, parser=parse_duration, metavar="DURATION",
+    time_budget: float | None = typer.Option(None, parser=parse_duration, metavar="DURATION",
                                                 help="Stop after this much training (e.g. 3m); the LR "
                                                 "schedule fits it."),
     batch_size: int = typer.Option(128, min=2, help="Global batch size (split across DDP ranks)."),
     accum_steps: int = typer.Option(1, min=1, help="Gradient accumulation micro-batches."),
-    lr: Optional[float] = typer.Option(None, help="Default: 2e-3 from scratch, 1e-5 fine-tuning, 1e-3 with --lora."),
+    lr: float | None = typer.Option(None, help="Default: 2e-3 from scratch, 1e-5 fine-tuning, 1e-3 with --lora."),
     weight_decay: float = typer.Option(0.1),
     warmup: float = typer.Option(0.05, help="Warm-up fraction of training."),
     grad_clip: float = typer.Option(1.0),
@@ -167,10 +166,10 @@ def train_cmd(
 def eval_cmd(
     checkpoint: str = typer.Argument(..., help="Checkpoint directory, or hf:<id>, open_clip:<arch>/<tag>, ..."),
     data: Path = typer.Argument(..., help="Dataset to evaluate on."),
-    split: Optional[List[str]] = typer.Option(None, help="Split(s); default test and test_unseen."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated class names for zero-shot on labelled data."),
-    max_images: Optional[int] = typer.Option(None, help="Evaluate only the first N images of each split."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    split: list[str] | None = typer.Option(None, help="Split(s); default test and test_unseen."),
+    classes: str | None = typer.Option(None, help="Comma-separated class names for zero-shot on labelled data."),
+    max_images: int | None = typer.Option(None, help="Evaluate only the first N images of each split."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
 ):
     """Evaluate retrieval (R@1/5/10, median rank), zero-shot accuracy and compositional probes."""
@@ -194,7 +193,7 @@ def eval_cmd(
 @app.command("similarity")
 def similarity_cmd(
     image: Path = typer.Argument(..., help="Image file."),
-    texts: List[str] = typer.Argument(..., help="Candidate texts."),
+    texts: list[str] = typer.Argument(..., help="Candidate texts."),
     model: str = typer.Option("runs/demo/model", help="Checkpoint directory, or hf:<id>, open_clip:<arch>/<tag>, ..."),
 ):
     """Print the softmax probability of each text for IMAGE (CLIP's first example)."""
@@ -215,7 +214,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="Where the data, model and report go."),
     n_train: int = typer.Option(40000, help="Training images."),
     n_test: int = typer.Option(10000, help="Test gallery size."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Training steps of 128 pairs (default: the demo's "
+    steps: int | None = typer.Option(None, min=1, help="Training steps of 128 pairs (default: the demo's "
                                         "900, about 3 minutes on 2 cores): the same model on any machine."),
     model: str = typer.Option("shapes-cnn-small", help="Architecture preset."),
 ):

@@ -14,10 +14,10 @@ import hashlib
 import os
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def read_item(item: Item, preprocess) -> tuple[str | None, object, str | None]:
     return hashlib.sha1(data).hexdigest(), tensor, None
 
 
-def listed_items(items: Iterable[Item], writer: "ShardWriter", on_skip) -> Iterator[Item]:
+def listed_items(items: Iterable[Item], writer: ShardWriter, on_skip) -> Iterator[Item]:
     """The items a reader can try; those the source already refused go straight to the skip list."""
     for item in items:
         if item.error is None:
@@ -76,7 +76,8 @@ def listed_items(items: Iterable[Item], writer: "ShardWriter", on_skip) -> Itera
             on_skip(1)
 
 
-def pending_batches(index: Index, items: Iterable[Item], size: int, report: BuildReport, on_known) -> Iterator[list[Item]]:
+def pending_batches(index: Index, items: Iterable[Item], size: int, report: BuildReport,
+                    on_known) -> Iterator[list[Item]]:
     """Batches of items the index does not hold yet (that is how a rerun resumes)."""
     batch: list[Item] = []
 

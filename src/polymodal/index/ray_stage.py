@@ -8,7 +8,7 @@ the same paths on every node (a shared file system).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
