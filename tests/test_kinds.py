@@ -110,6 +110,7 @@ def cli(*args) -> str:
     return res.output
 
 
+@pytest.mark.slow  # trains a model
 def test_a_user_dataset_trains_and_evaluates_with_retrieval_only(user_dir, tmp_path):
     pairs = ImageTextPairs(load_records(user_dir).split("train"), 32, progress=False)
     assert pairs.kind is GENERIC

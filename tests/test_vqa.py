@@ -163,3 +163,61 @@ def test_bad_input_gives_one_line_errors(soc, tmp_path, monkeypatch, capsys):
         json.dumps({"id": s, "split": s, "image": str(soc / "images/000000.png"), "text": "a scene"}) + "\n"
         for s in ("train", "test")))
     assert "no records with an image and attributes.questions" in run("lab", "vqa", "--data", captions, "--model", "rn")
+
+
+def test_modality_dropout_blanks_and_masks_at_the_rates_asked():
+    from polymodal.train.vqa import modality_dropout
+
+    images = torch.randint(0, 255, (200, 3, 8, 8), dtype=torch.uint8)
+    questions = torch.randint(3, 50, (200, 5, 6))
+    questions[..., 4:] = 0  # padding stays padding
+    gen = torch.Generator().manual_seed(0)
+    same_i, same_q = modality_dropout(images, questions, 0.0, 0.0, mask_id=2, gen=gen)
+    assert torch.equal(same_i, images) and torch.equal(same_q, questions)
+    out_i, out_q = modality_dropout(images, questions, 0.5, 0.25, mask_id=2, gen=gen)
+    blanked = (out_i == 128).flatten(1).all(1)
+    assert 70 < blanked.sum() < 130 and torch.equal(out_i[~blanked], images[~blanked])
+    masked = (out_q[..., :4] == 2).all(-1)  # (200, 5)
+    assert 180 < masked.sum() < 320 and torch.equal(out_q[~masked], questions[~masked])
+    assert (out_q[..., 4:] == 0).all()
+
+
+def test_vqa_steps_draw_the_same_batches_for_the_same_seed(soc, tmp_path):
+    from polymodal.train.engine import TrainingProgress
+    from polymodal.train.metrics import MetricsLog
+    from polymodal.train.vqa import VQASteps, VQATrainConfig
+
+    data = load_records(soc)
+    vocab = QuestionVocab.build(t for r in data.split("train") for t in r.text)
+    train = vqa_tensors(data.split("train"), vocab, list(ANSWERS), 75)
+    model = create_vqa_model("late", vocab, list(ANSWERS))
+    cfg = VQATrainConfig(out=str(tmp_path), batch_images=16, image_dropout=0.5, progress=False)
+
+    def first_epoch():
+        steps = VQASteps(model, train, cfg, None, TrainingProgress(10), MetricsLog(tmp_path, False, False), "cpu")
+        return list(steps.batches(0))
+
+    a, b = first_epoch(), first_epoch()
+    assert len(a) == 2 and all(x[0].shape == (16, 3, 75, 75) and x[2].shape == (16, 20) for x in a)
+    assert all(torch.equal(p, q) for x, y in zip(a, b) for p, q in zip(x, y))
+
+
+def test_too_few_images_for_one_batch_is_an_error_not_an_endless_loop(soc, tmp_path):
+    from polymodal.data.schema import DataError
+    from polymodal.train.vqa import VQATrainConfig, train_vqa
+
+    data = load_records(soc)
+    vocab = QuestionVocab.build(t for r in data.split("val") for t in r.text)
+    val = vqa_tensors(data.split("val"), vocab, list(ANSWERS), 75)
+    with pytest.raises(DataError, match="fewer than one batch"):
+        train_vqa(create_vqa_model("late", vocab, list(ANSWERS)), val, VQATrainConfig(out=str(tmp_path), progress=False))
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_vqa_evaluation_does_not_import_the_trainers():
+    import subprocess
+    import sys
+
+    code = "import sys, polymodal.evaluate.vqa; print(sorted(m for m in sys.modules if m.startswith('polymodal.train')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

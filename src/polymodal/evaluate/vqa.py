@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.degrade import blank_images, mask_questions, noise_images
 from ..data.vqa import MASK, VQATensors
-from ..train.vqa import blank_images, mask_questions, noise_images
 
 CONDITIONS = ("clean", "image blanked", "image noised", "question masked")
 

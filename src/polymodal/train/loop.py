@@ -1,33 +1,36 @@
-"""The training loop for aligned (contrastive) models.
+"""Training aligned (contrastive) models.
 
-One loop for one CPU, one GPU, or many processes under torchrun. The learning-rate schedule runs
-on *progress*, which is the further along of steps/total-steps and elapsed/time-budget, so
-`--time-budget 3m` gives a complete warm-up + cosine schedule that ends on time.
+One loop for one CPU, one GPU, or many processes under torchrun: `_train` reads the data, builds
+(or resumes) the model, places it, and hands `ContrastiveSteps` to the step loop shared with the
+VQA trainer (`engine.StepLoop`: the schedule runs on progress, steps or the time budget).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.formats import load_records
 from ..data.pairs import ImageTextPairs
-from ..data.schema import DataError
+from ..data.schema import DataError, RecordSet
 from ..backends import is_pretrained_source, load_trainable, save_model
 from ..losses import get_loss
 from ..models.aligned import AlignedModel
 from ..models.checkpoint import is_checkpoint
 from ..models.factory import create_model
-from ..utils import atomic_path, pick_device, progress_bar, resolve_precision, seed_everything
+from ..evaluate.run import evaluate_split
+from ..utils import atomic_path, pick_device, resolve_precision, seed_everything
 from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .optim import build_optimizer, lr_at, set_lr
+from .engine import StepLoop, TrainingProgress
+from .metrics import MetricsLog
+from .optim import build_optimizer, clip_and_step
 
 STATE_FILE = "training_state.pt"
 
@@ -70,37 +73,6 @@ def _autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
-class MetricsLog:
-    """metrics.csv (one row per logged step or evaluation) and TensorBoard, on rank 0."""
-
-    def __init__(self, out: Path, enabled: bool, resume: bool):
-        self.enabled = enabled
-        self.path = out / "metrics.csv"
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-            if not resume and self.path.exists():
-                self.path.unlink()
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", "name", "value"])
-            for k, v in values.items():
-                w.writerow([step, k, f"{v:.6g}"])
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-
-
 def train(cfg: TrainConfig) -> Path:
     """Train, evaluating every epoch; returns the checkpoint directory."""
     device = pick_device(cfg.device)
@@ -114,6 +86,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
+    """Data, model, optimizer and schedule, then the step loop."""
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     if cfg.batch_size % (info.world_size * cfg.accum_steps):
@@ -123,15 +96,42 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     train_set = data.split("train")
     if not len(train_set):
         raise DataError(f"{cfg.data}: no records in split 'train' (splits: {data.splits})")
-
     model, state, pretrained = _build_model(cfg, train_set, out, device)
+    _check_model(cfg, model, pretrained, info)
+    loss_fn = get_loss(cfg.loss)
+    pairs = _training_pairs(cfg, train_set, model, info)
+    val = _validation_split(cfg, data) if info.is_main else None
+    if info.is_main and len(data.skips):
+        print(data.skips.summary())
+    model, net = _place_model(model, device, info)
+    lr = cfg.lr if cfg.lr is not None else _default_lr(cfg, pretrained)
+    optimizer = build_optimizer(model, lr, cfg.weight_decay)
+    progress, first_epoch, max_epochs = _schedule(cfg, pairs, state, info)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    log = MetricsLog(out, info.is_main, resume=state is not None)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    loop = StepLoop(model, optimizer, progress, lr, cfg.warmup, show=cfg.progress and info.is_main)
+    steps = ContrastiveSteps(cfg, model, net, optimizer, loss_fn, pairs, val, log, progress, info,
+                             device, out, say=loop.say)
+    loop.run(steps.batches, steps.step, steps.after_step, steps.end_epoch, first_epoch, max_epochs)
+    log.close()
+    return out
+
+
+def _check_model(cfg: TrainConfig, model, pretrained: bool, info: DistInfo) -> None:
+    """Options that do not fit the model fail before any data is decoded."""
     if cfg.lora and not pretrained:
         raise ValueError(f"--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), not '{cfg.model}'")
     if cfg.loss == "siglip" and model.logit_bias is None:
         raise ValueError(f"{cfg.model}: has no logit bias for the siglip loss; use --loss clip")
     if info.enabled and isinstance(model, AlignedModel):
         _check_same_tokenizer(model, info)
-    loss_fn = get_loss(cfg.loss)
+
+
+def _training_pairs(cfg: TrainConfig, train_set: RecordSet, model, info: DistInfo) -> ImageTextPairs:
+    """The training split decoded at the model's image size (captions cut to `max_captions`)."""
     if cfg.max_captions:
         for r in train_set.records:
             r.text = r.text[: cfg.max_captions]
@@ -141,76 +141,40 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
         # so the time budget is spent on what is trained.
         model.text_tower.warm_cache(model.tokenizer, [t for r in pairs.records for t in r.text],
                                     progress=cfg.progress and info.is_main)
-    val = None
-    if cfg.eval_images and cfg.eval_split in data.splits and info.is_main:
-        val = data.split(cfg.eval_split)
-        val.records = val.records[: cfg.eval_images]
-    if info.is_main and len(data.skips):
-        print(data.skips.summary())
+    return pairs
 
+
+def _validation_split(cfg: TrainConfig, data: RecordSet) -> RecordSet | None:
+    """The first `eval_images` records of the split evaluated after every epoch (rank 0 only)."""
+    if not cfg.eval_images or cfg.eval_split not in data.splits:
+        return None
+    val = data.split(cfg.eval_split)
+    val.records = val.records[: cfg.eval_images]
+    return val
+
+
+def _place_model(model, device: str, info: DistInfo):
+    """(model, net): the model in the memory layout that suits the device, and what the loop calls
+    (wrapped in DDP under torchrun, with batch statistics of the global batch on GPUs)."""
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)
     if info.enabled and device.startswith("cuda"):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
-    net = DistributedDataParallel(model) if info.enabled else model
-    lr = cfg.lr if cfg.lr is not None else _default_lr(cfg, pretrained)
-    optimizer = build_optimizer(model, lr, cfg.weight_decay)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, (DistributedDataParallel(model) if info.enabled else model)
+
+
+def _schedule(cfg: TrainConfig, pairs: ImageTextPairs, state: dict | None, info: DistInfo):
+    """(progress, first epoch, last epoch): the length of training in steps (or seconds), where
+    a resumed run picks up."""
     steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch == 0:
         raise DataError(f"{cfg.data}: {len(pairs)} training pairs are fewer than one batch of {cfg.batch_size}")
     total_steps = cfg.steps or steps_per_epoch * cfg.epochs
-    max_epochs = math.ceil(total_steps / steps_per_epoch)
-    step, epoch, elapsed = 0, 0, 0.0
+    progress = TrainingProgress(total_steps, cfg.time_budget, agree=lambda seconds: _agree(seconds, info))
+    first_epoch = 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, elapsed = state["step"], state["epoch"], state["elapsed"]
-    log = MetricsLog(out, info.is_main, resume=state is not None)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    def progress_now() -> float:
-        p = step / total_steps
-        if cfg.time_budget:
-            p = max(p, elapsed / cfg.time_budget)
-        return min(p, 1.0)
-
-    micro = cfg.batch_size // cfg.accum_steps
-    start_time = time.perf_counter() - elapsed
-    done = progress_now() >= 1.0
-    with progress_bar(cfg.progress and info.is_main, count=False) as bar:
-        task = bar.add_task("training", total=1000, completed=int(1000 * progress_now()))
-        while not done and epoch < max_epochs:
-            model.train()
-            seen, t_epoch = 0, time.perf_counter()
-            for batch in pairs.batches(cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
-                                       hard_negatives=cfg.hard_negatives):
-                set_lr(optimizer, lr_at(progress_now(), lr, cfg.warmup))
-                losses = _step(net, model, batch, loss_fn, optimizer, cfg, device, micro // info.world_size)
-                step += 1
-                seen += cfg.batch_size
-                elapsed = _agree(time.perf_counter() - start_time, info)
-                rate = seen / (time.perf_counter() - t_epoch)
-                bar.update(task, completed=int(1000 * progress_now()),
-                           description=f"epoch {epoch + 1} loss {losses['loss']:.3f} {rate:,.0f} samples/s")
-                if step % cfg.log_every == 0:
-                    log.log(step, {**{f"train/{k}": v for k, v in losses.items()},
-                                   "train/lr": optimizer.param_groups[0]["lr"], "train/samples_per_s": rate,
-                                   "train/logit_scale": model.logit_scale.exp().item()})
-                if progress_now() >= 1.0:
-                    done = True
-                    break
-            epoch += 1
-            paused = time.perf_counter()  # evaluation and saving do not count against the budget
-            if info.is_main:
-                metrics = _evaluate_epoch(model, val) if val is not None else {}
-                log.log(step, {**metrics, "epoch": epoch})
-                if metrics:
-                    bar.console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-                _save(model, optimizer, out, cfg, step, epoch, elapsed)
-            barrier(info)
-            start_time += time.perf_counter() - paused
-    log.close()
-    return out
+        progress.step, progress.elapsed, first_epoch = state["step"], state["elapsed"], state["epoch"]
+    return progress, first_epoch, math.ceil(total_steps / steps_per_epoch)
 
 
 def _build_model(cfg: TrainConfig, train_set, out: Path, device: str):
@@ -261,6 +225,58 @@ def _agree(elapsed: float, info: DistInfo) -> float:
     return t.item()
 
 
+@dataclass
+class ContrastiveSteps:
+    """What one contrastive step and the end of an epoch do, for `StepLoop` to run."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module  # the bare model (its parameters, its tokenizer, what is saved)
+    net: torch.nn.Module  # what the forward pass calls: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    pairs: ImageTextPairs
+    val: RecordSet | None
+    log: MetricsLog
+    progress: TrainingProgress
+    info: DistInfo
+    device: str
+    out: Path
+    say: Callable[[str], None] = print
+    epoch: int = 0
+    _epoch_start: float = 0.0
+    _seen: int = 0
+
+    def batches(self, epoch: int):
+        self.epoch, self._epoch_start, self._seen = epoch, time.perf_counter(), 0
+        return self.pairs.batches(self.cfg.batch_size, self.cfg.seed, epoch, self.info.rank, self.info.world_size,
+                                  hard_negatives=self.cfg.hard_negatives)
+
+    def step(self, batch) -> dict[str, float]:
+        micro = self.cfg.batch_size // self.cfg.accum_steps // self.info.world_size
+        return _step(self.net, self.model, batch, self.loss_fn, self.optimizer, self.cfg, self.device, micro)
+
+    def after_step(self, losses: dict[str, float]) -> str:
+        """Log every `log_every` steps; returns the progress bar's description."""
+        self._seen += self.cfg.batch_size
+        rate = self._seen / (time.perf_counter() - self._epoch_start)
+        if self.progress.step % self.cfg.log_every == 0:
+            self.log.log(self.progress.step, {
+                **{f"train/{k}": v for k, v in losses.items()}, "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/samples_per_s": rate, "train/logit_scale": self.model.logit_scale.exp().item()})
+        return f"epoch {self.epoch + 1} loss {losses['loss']:.3f} {rate:,.0f} samples/s"
+
+    def end_epoch(self, epochs_done: int) -> None:
+        """Rank 0 evaluates on the validation split, logs and saves; then every rank waits for it."""
+        if self.info.is_main:
+            metrics = _evaluate_epoch(self.model, self.val) if self.val is not None else {}
+            self.log.log(self.progress.step, {**metrics, "epoch": epochs_done})
+            if metrics:
+                self.say(f"epoch {epochs_done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            _save(self.model, self.optimizer, self.out, self.cfg, self.progress.step, epochs_done,
+                  self.progress.elapsed)
+        barrier(self.info)
+
+
 def _step(net, model, batch, loss_fn, optimizer, cfg: TrainConfig, device: str, micro: int) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
@@ -278,15 +294,11 @@ def _step(net, model, batch, loss_fn, optimizer, cfg: TrainConfig, device: str, 
         (loss / cfg.accum_steps).backward()
         for k, v in {**terms, "loss": loss}.items():
             totals[k] = totals.get(k, 0.0) + v.item() / cfg.accum_steps
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
+    clip_and_step(model, optimizer, cfg.grad_clip)
     return totals
 
 
 def _evaluate_epoch(model, val) -> dict[str, float]:
-    from ..evaluate.run import evaluate_split
-
     res = evaluate_split(model, val, progress=False)
     out = {}
     if "text_to_image" in res:

@@ -31,3 +31,10 @@ def lr_at(progress: float, base_lr: float, warmup: float, min_ratio: float = 0.0
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Clip the gradients' global norm to `grad_clip` (0: no clipping), then step."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()

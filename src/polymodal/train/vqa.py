@@ -1,9 +1,10 @@
 """Training for the fusion (VQA) models.
 
-It follows the shared loop's conventions and reuses its parts (AdamW without decay on gains and
-biases, the warm-up + cosine schedule on progress = max(step, clock) so that `time_budget` ends on
-time, MetricsLog's metrics.csv + TensorBoard, atomic checkpoints), but the batch is different: B
-images with all their questions, so each image is encoded once for its Q questions.
+It runs on the step loop the contrastive trainer uses (`engine.StepLoop`: AdamW without decay on
+gains and biases, the warm-up + cosine schedule on progress = max(step, clock) so that
+`time_budget` ends on time, evaluation with the clock paused) and logs to the same
+`MetricsLog`, but the batch is different: B images with all their questions, so each image is
+encoded once for its Q questions.
 
 Modality dropout: each training image is replaced by a blank (grey) image with probability
 `image_dropout`, each question by mask tokens with probability `question_dropout`, so the model
@@ -12,18 +13,21 @@ learns to answer from what is left.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from ..data.degrade import blank_images, mask_questions
+from ..data.schema import DataError
 from ..data.vqa import MASK, VQATensors
-from ..utils import pick_device, progress_bar, seed_everything
-from .loop import MetricsLog
-from .optim import build_optimizer, lr_at, set_lr
+from ..models.fusion import save_vqa
+from ..utils import pick_device, seed_everything
+from .engine import StepLoop, TrainingProgress
+from .metrics import MetricsLog
+from .optim import build_optimizer, clip_and_step
 
 
 @dataclass
@@ -46,20 +50,88 @@ class VQATrainConfig:
     progress: bool = True
 
 
-def blank_images(images: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(images, 128)
+def modality_dropout(images: torch.Tensor, questions: torch.Tensor, image_p: float, question_p: float,
+                     mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image (B, 3, H, W) blanked with probability `image_p`, each question (B, Q, L) masked
+    with probability `question_p`; the draws come from `gen`."""
+    if image_p:
+        drop = torch.rand(len(images), generator=gen) < image_p
+        images = torch.where(drop[:, None, None, None], blank_images(images), images)
+    if question_p:
+        drop = torch.rand(questions.shape[:2], generator=gen) < question_p
+        questions = torch.where(drop[..., None], mask_questions(questions, mask_id), questions)
+    return images, questions
 
 
-def noise_images(images: torch.Tensor, sigma: float = 0.5, seed: int = 0) -> torch.Tensor:
-    """Gaussian pixel noise of std `sigma` (on a 0..1 scale), clipped."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=g) * sigma * 255
-    return (images.float() + noise).clamp(0, 255).to(torch.uint8)
+@dataclass
+class VQASteps:
+    """What one VQA step does, and the accuracy curve from `evaluate(model)` every `eval_every`
+    seconds of training, for `StepLoop` to run."""
 
+    model: torch.nn.Module
+    train: VQATensors
+    cfg: VQATrainConfig
+    optimizer: torch.optim.Optimizer
+    progress: TrainingProgress
+    log: MetricsLog
+    device: str
+    evaluate: Callable[[object], dict[str, float]] | None = None
+    say: Callable[[str], None] = print
+    curve: list[dict] = field(default_factory=list)
 
-def mask_questions(questions: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Every word replaced by the mask token (the question's length stays visible)."""
-    return torch.where(questions > 0, torch.full_like(questions, mask_id), questions)
+    def __post_init__(self):
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)  # batch order and dropout draws
+        self.mask_id = self.model.vocab.index[MASK]
+        self.next_eval = self.cfg.eval_every
+        self.questions_per_image = self.train.questions.shape[1]
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One shuffled epoch of (images, questions, answers), modality dropout applied."""
+        n, b = len(self.train), self.cfg.batch_images
+        order = torch.randperm(n, generator=self.gen)
+        for first in range(0, n - b + 1, b):
+            idx = order[first:first + b]
+            images, questions = modality_dropout(self.train.images[idx], self.train.questions[idx],
+                                                 self.cfg.image_dropout, self.cfg.question_dropout, self.mask_id,
+                                                 self.gen)
+            yield images, questions, self.train.answers[idx]
+
+    def step(self, batch) -> dict[str, float]:
+        images, questions, answers = batch
+        logits = self.model(images.to(self.device), questions.to(self.device))["logits"]  # (B, Q, A)
+        loss = F.cross_entropy(logits.flatten(0, 1), answers.to(self.device).flatten(), ignore_index=-1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_and_step(self.model, self.optimizer, self.cfg.grad_clip)
+        return {"loss": loss.item()}
+
+    def after_step(self, losses: dict[str, float]) -> str:
+        """Log every 20 steps and evaluate when due (clock paused); returns the bar's description."""
+        step, elapsed = self.progress.step, self.progress.elapsed
+        rate = step * self.cfg.batch_images * self.questions_per_image / elapsed
+        if step % 20 == 0:
+            self.log.log(step, {"train/loss": losses["loss"], "train/lr": self.optimizer.param_groups[0]["lr"],
+                                "train/questions_per_s": rate})
+        if elapsed >= self.next_eval:
+            with self.progress.paused():
+                self.evaluate_now()
+            self.next_eval += self.cfg.eval_every
+        return f"loss {losses['loss']:.3f} {rate:,.0f} questions/s"
+
+    def evaluate_now(self) -> None:
+        """One point of the accuracy curve (nothing without an `evaluate`)."""
+        if self.evaluate is None:
+            return
+        metrics = self.evaluate(self.model)
+        self.model.train()
+        step, elapsed = self.progress.step, self.progress.elapsed
+        self.curve.append({"seconds": round(elapsed, 1), "step": step, "questions": self.questions_seen, **metrics})
+        self.log.log(step, {f"val/{k}": v for k, v in metrics.items()})
+        self.say(f"{elapsed:6.0f}s step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+    @property
+    def questions_seen(self) -> int:
+        return self.progress.step * self.cfg.batch_images * self.questions_per_image
 
 
 def train_vqa(model, train: VQATensors, cfg: VQATrainConfig,
@@ -67,82 +139,24 @@ def train_vqa(model, train: VQATensors, cfg: VQATrainConfig,
     """Train `model` in place; returns {"curve": [...], "seconds": training seconds, "steps": n}.
     `evaluate(model)` -> metrics is called every `eval_every` seconds and at the end; its results
     (with the elapsed training time) form the accuracy curve."""
-    from ..models.fusion import save_vqa
-
+    if len(train) < cfg.batch_images:
+        raise DataError(f"{len(train)} training images are fewer than one batch of {cfg.batch_images}")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model.to(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    n = len(train)
-    steps_per_epoch = max(1, n // cfg.batch_images)
-    total_steps = steps_per_epoch * cfg.epochs
-    mask_id = model.vocab.index[MASK]
+    progress = TrainingProgress(max(1, len(train) // cfg.batch_images) * cfg.epochs, cfg.time_budget)
     log = MetricsLog(out, enabled=True, resume=False)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, elapsed, curve, next_eval = 0, 0.0, [], cfg.eval_every
-
-    def progress_now() -> float:
-        p = step / total_steps
-        if cfg.time_budget:
-            p = max(p, elapsed / cfg.time_budget)
-        return min(p, 1.0)
-
-    def run_eval(bar) -> None:
-        if evaluate is None:
-            return
-        metrics = evaluate(model)
-        model.train()
-        curve.append({"seconds": round(elapsed, 1), "step": step, "questions": step * cfg.batch_images * train.questions.shape[1], **metrics})
-        log.log(step, {f"val/{k}": v for k, v in metrics.items()})
-        bar.console.print(f"{elapsed:6.0f}s step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-
-    model.train()
-    start = time.perf_counter()
-    with progress_bar(cfg.progress, count=False) as bar:
-        task = bar.add_task("training", total=1000)
-        done = False
-        while not done:
-            order = torch.randperm(n, generator=gen)
-            for first in range(0, n - cfg.batch_images + 1, cfg.batch_images):
-                idx = order[first:first + cfg.batch_images]
-                images, questions, answers = train.images[idx], train.questions[idx], train.answers[idx]
-                if cfg.image_dropout:
-                    drop = torch.rand(len(idx), generator=gen) < cfg.image_dropout
-                    images = torch.where(drop[:, None, None, None], blank_images(images), images)
-                if cfg.question_dropout:
-                    drop = torch.rand(questions.shape[:2], generator=gen) < cfg.question_dropout
-                    questions = torch.where(drop[..., None], mask_questions(questions, mask_id), questions)
-                set_lr(optimizer, lr_at(progress_now(), cfg.lr, cfg.warmup))
-                logits = model(images.to(device), questions.to(device))["logits"]  # (B, Q, A)
-                loss = F.cross_entropy(logits.flatten(0, 1), answers.to(device).flatten(), ignore_index=-1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                elapsed = time.perf_counter() - start
-                rate = step * answers.numel() / elapsed
-                bar.update(task, completed=int(1000 * progress_now()),
-                           description=f"loss {loss.item():.3f} {rate:,.0f} questions/s")
-                if step % 20 == 0:
-                    log.log(step, {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
-                                   "train/questions_per_s": rate})
-                if elapsed >= next_eval:
-                    paused = time.perf_counter()  # evaluation does not count against the budget
-                    run_eval(bar)
-                    start += time.perf_counter() - paused
-                    next_eval += cfg.eval_every
-                if progress_now() >= 1.0:
-                    done = True
-                    break
-        run_eval(bar)
+    loop = StepLoop(model, optimizer, progress, cfg.lr, cfg.warmup, show=cfg.progress)
+    steps = VQASteps(model, train, cfg, optimizer, progress, log, device, evaluate, say=loop.say)
+    loop.run(steps.batches, steps.step, steps.after_step)
+    steps.evaluate_now()
     log.close()
-    result = {"curve": curve, "seconds": round(elapsed, 1), "steps": step,
-              "questions_seen": step * cfg.batch_images * train.questions.shape[1],
-              "training": {k: v for k, v in asdict(cfg).items() if k != "progress"}}
-    save_vqa(model.cpu(), out, extra={"training": result["training"], "steps": step, "seconds": result["seconds"]})
+    training = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    result = {"curve": steps.curve, "seconds": round(progress.elapsed, 1), "steps": progress.step,
+              "questions_seen": steps.questions_seen, "training": training}
+    save_vqa(model.cpu(), out, extra={"training": training, "steps": progress.step, "seconds": result["seconds"]})
     model.to(device)
     return result
