@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polymodal.cli import app
-
 from polymodal.data import Record, load_records, write_manifest
 from polymodal.data.kinds import DATASET_KINDS, GENERIC, DatasetKind, detect_kind, read_meta
 from polymodal.data.pairs import ImageTextPairs

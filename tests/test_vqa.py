@@ -210,7 +210,8 @@ def test_too_few_images_for_one_batch_is_an_error_not_an_endless_loop(soc, tmp_p
     vocab = QuestionVocab.build(t for r in data.split("val") for t in r.text)
     val = vqa_tensors(data.split("val"), vocab, list(ANSWERS), 75)
     with pytest.raises(DataError, match="fewer than one batch"):
-        train_vqa(create_vqa_model("late", vocab, list(ANSWERS)), val, VQATrainConfig(out=str(tmp_path), progress=False))
+        train_vqa(create_vqa_model("late", vocab, list(ANSWERS)), val,
+                  VQATrainConfig(out=str(tmp_path), progress=False))
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -218,6 +219,7 @@ def test_vqa_evaluation_does_not_import_the_trainers():
     import subprocess
     import sys
 
-    code = "import sys, polymodal.evaluate.vqa; print(sorted(m for m in sys.modules if m.startswith('polymodal.train')))"
+    code = ("import sys, polymodal.evaluate.vqa; "
+            "print(sorted(m for m in sys.modules if m.startswith('polymodal.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -10,22 +10,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..backends import is_pretrained_source, load_trainable, save_model
 from ..data.formats import load_records
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
-from ..backends import is_pretrained_source, load_trainable, save_model
+from ..evaluate.run import evaluate_split
 from ..losses import get_loss
 from ..models.aligned import AlignedModel
 from ..models.checkpoint import is_checkpoint
 from ..models.factory import create_model
-from ..evaluate.run import evaluate_split
 from ..utils import atomic_path, pick_device, resolve_precision, seed_everything
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .engine import StepLoop, TrainingProgress
@@ -123,7 +123,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
 def _check_model(cfg: TrainConfig, model, pretrained: bool, info: DistInfo) -> None:
     """Options that do not fit the model fail before any data is decoded."""
     if cfg.lora and not pretrained:
-        raise ValueError(f"--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), not '{cfg.model}'")
+        raise ValueError("--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), "
+                         f"not '{cfg.model}'")
     if cfg.loss == "siglip" and model.logit_bias is None:
         raise ValueError(f"{cfg.model}: has no logit bias for the siglip loss; use --loss clip")
     if info.enabled and isinstance(model, AlignedModel):
