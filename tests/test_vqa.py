@@ -37,7 +37,8 @@ def test_generator_is_deterministic_and_answers_follow_the_scene(soc, tmp_path):
             d = {id(o): (o["x"] - me["x"]) ** 2 + (o["y"] - me["y"]) ** 2 for o in objects if o is not me}
             others = [o for o in objects if o is not me]
             expected = {
-                "shape": me["shape"], "left": "yes" if me["x"] < 37.5 else "no", "top": "yes" if me["y"] < 37.5 else "no",
+                "shape": me["shape"], "left": "yes" if me["x"] < 37.5 else "no",
+                "top": "yes" if me["y"] < 37.5 else "no",
                 "closest": min(others, key=lambda o: d[id(o)])["shape"],
                 "furthest": max(others, key=lambda o: d[id(o)])["shape"],
                 "count": str(sum(o["shape"] == me["shape"] for o in objects)),
@@ -77,12 +78,14 @@ def test_every_fusion_model_forward_backward_save_load(name, soc, tmp_path):
     torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), batch.answers.flatten()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads), "every parameter takes part"
-    assert all(g.abs().sum() > 0 for g in (model.image_encoder.cnn[0].weight.grad, model.question_encoder.embed.weight.grad))
+    first_layers = (model.image_encoder.cnn[0].weight.grad, model.question_encoder.embed.weight.grad)
+    assert all(g.abs().sum() > 0 for g in first_layers)
 
     model.eval()
     save_vqa(model, tmp_path / "m")
     again = load_vqa(tmp_path / "m")
-    assert torch.allclose(model(batch.images, batch.questions)["logits"], again(batch.images, batch.questions)["logits"], atol=1e-5)
+    assert torch.allclose(model(batch.images, batch.questions)["logits"],
+                          again(batch.images, batch.questions)["logits"], atol=1e-5)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["fusion"]["fusion"] == name
 
 
