@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from polymodal.data.schema import DataError
-from polymodal.index.pipeline import BuildReport, EncodedBatch, ShardWriter
+from polymodal.errors import DataError
+from polymodal.index.pipeline import BuildReport, ShardWriter
 from polymodal.index.sources import Item
+from polymodal.index.stages import EncodedBatch
 from polymodal.index.store import Index
 from polymodal.registry import Registry, UnknownNameError
 from polymodal.train.optim import build_optimizer, lr_at
