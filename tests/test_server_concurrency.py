@@ -62,7 +62,7 @@ def test_one_bad_job_fails_alone():
     assert [r for i, r in enumerate(results) if i != 3] == [j * j for j in range(10) if j != 3]
 
 
-def test_max_wait_gathers_jobs_that_arrive_later():
+def test_max_wait_gathers_jobs_that_arrive_later_only_under_load():
     async def main():
         with ThreadPoolExecutor(1) as pool:
             batcher = MicroBatcher(lambda batch: [len(batch)] * len(batch), pool, max_batch=16, max_wait_s=0.2)
@@ -71,11 +71,14 @@ def test_max_wait_gathers_jobs_that_arrive_later():
                 await asyncio.sleep(0.01 * j)
                 return await batcher.submit(j)
 
-            results = await asyncio.gather(*(later(j) for j in range(5)))
+            alone = await asyncio.gather(*(later(j) for j in range(3)))  # one at a time: nobody waits
+            burst = await asyncio.gather(*(batcher.submit(j) for j in range(6)))
+            spaced = await asyncio.gather(*(later(j) for j in range(3)))  # after a burst: gathered
             await batcher.close()
-            return results
+            return alone, burst, spaced
 
-    assert asyncio.run(main()) == [5] * 5  # all five within the 200 ms window: one batch
+    alone, burst, spaced = asyncio.run(main())
+    assert alone == [1, 1, 1] and burst == [6] * 6 and spaced == [3, 3, 3]
 
 
 # -- the server ------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests share one forward pass (as Triton's dynamic batcher and
 infinity's batch handler do).
 
-Each request submits a job and awaits its future. One collector task takes the queued jobs,
-waits up to `max_wait_s` for more while the batch is smaller than `max_batch` inputs, and runs
-`run_batch(jobs)` on the inference executor, off the event loop. While that batch runs, the next
-one gathers, so under load batches grow by themselves and with one client nothing waits.
+Each request submits a job and awaits its future. One collector task takes the queued jobs and
+runs `run_batch(jobs)` on the inference executor, off the event loop; while that batch runs, the
+next one gathers. Before running, it waits up to `max_wait_s` for more jobs, but only as many as
+the last batch held (at most `max_batch` inputs): under load the batch fills up, and a lone
+client, whose last batch held one job, never waits.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MicroBatcher:
         self._arrived: asyncio.Event | None = None
         self._collector: asyncio.Task | None = None
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes (jobs), for the tests
+        self._expected = 1  # inputs the last batch held: how many to wait for
 
     async def submit(self, job: Any, size: int = 1) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -61,10 +63,11 @@ class MicroBatcher:
                 await self._run(batch)
 
     async def _gather_more(self) -> None:
-        """Wait up to max_wait_s for more jobs, or until the batch is full."""
+        """Wait up to max_wait_s for as many inputs as the last batch had (or a full batch)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while self._inputs() < self.max_batch and (left := deadline - loop.time()) > 0:
+        target = min(self.max_batch, self._expected)
+        while self._inputs() < target and (left := deadline - loop.time()) > 0:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
@@ -81,6 +84,7 @@ class MicroBatcher:
                 break
             taken, total = taken + 1, total + size
         batch, self._queue = self._queue[:taken], self._queue[taken:]
+        self._expected = total
         return [(job, future) for job, _, future in batch if not future.done()]  # done: the client went away
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:

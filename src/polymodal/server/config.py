@@ -15,7 +15,7 @@ class ServerConfig:
     max_upload_bytes: int = 10 * 2**20
     name: str | None = None  # the index name clip-retrieval clients use (default: the folder name)
     max_batch: int = 32  # queries encoded in one forward pass at most
-    max_wait_ms: float = 0.0  # how long a batch waits for more queries once the encoder is free
+    max_wait_ms: float = 2.0  # how long a batch may wait for as many queries as the last one had
     reload_interval_s: float = 1.0  # how often the index on disk is checked for changes (0: never)
     threads: int | None = None  # torch's intra-op threads for inference (default: torch's own)
 

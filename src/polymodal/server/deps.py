@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import HTTPException, Request
 
 from .engine import Engine
@@ -20,9 +22,13 @@ def ready_engine(request: Request) -> Engine:
     return eng
 
 
-def item_url(request: Request, item_id: int) -> str:
-    return str(request.url_for("item_file", item_id=item_id))
+def item_urls(request: Request) -> Callable[[int], str]:
+    """item id -> the URL of its file. url_for runs once per response, not once per hit: it
+    searches the routes, raising an exception at each one that does not match."""
+    prefix = str(request.url_for("item_file", item_id=0)).removesuffix("/0/file")
+    return lambda item_id: f"{prefix}/{item_id}/file"
 
 
 def hits_json(request: Request, hits) -> list[dict]:
-    return [{**h.to_json(), "url": item_url(request, h.id)} for h in hits]
+    url = item_urls(request)
+    return [{**h.to_json(), "url": url(h.id)} for h in hits]

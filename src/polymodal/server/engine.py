@@ -52,10 +52,8 @@ class Engine:
         self.snapshot: IndexSnapshot | None = None
         self.error: str | None = None  # why loading or the last reload failed
         self._failed_signature: tuple | None = None
-        self.error = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-inference")
-        self.batchers = {kind: MicroBatcher(partial(self._run_batch, kind), self.executor, cfg.max_batch,
-                                            cfg.max_wait_ms / 1000) for kind in KINDS}
+        self.executor: ThreadPoolExecutor | None = None  # made by start(), with the batchers
+        self.batchers: dict[str, MicroBatcher] = {}
 
     @property
     def ready(self) -> bool:
@@ -71,6 +69,7 @@ class Engine:
         """At each start of the app: the inference thread and the batchers (they belong to the
         event loop that runs the app; `load` then loads what is not loaded yet)."""
         self.error = None
+        self._torch_threads = torch.get_num_threads()  # put back on close: the setting is per process
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="polymodal-inference")
         self.batchers = {kind: MicroBatcher(partial(self._run_batch, kind), self.executor, self.cfg.max_batch,
                                             self.cfg.max_wait_ms / 1000) for kind in KINDS}
@@ -117,6 +116,7 @@ class Engine:
         if self.snapshot is not None:
             self.snapshot.index.close()
             self.snapshot = None  # a restarted app opens the index again
+        torch.set_num_threads(self._torch_threads)
 
     # -- queries -----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from .. import schemas
-from ..deps import engine, item_url, ready_engine
+from ..deps import engine, item_urls, ready_engine
 from ..engine import Engine
 from ..responses import BAD_BODY, NOT_READY, errors
 from ..uploads import b64_bytes, check_size, decode_upload
@@ -57,5 +57,6 @@ async def knn_search(eng: Engine, body: schemas.KnnRequest, request: Request) ->
         answer = await eng.query("image", [await decode_upload(data, "image")], k=k)
     else:
         answer = await eng.query("vector", [body.embedding_input], k=k)
-    return [{"id": h.id, "similarity": h.score, "url": item_url(request, h.id), "caption": h.caption or "",
-             "image_path": h.path} for h in answer.hits[0]]
+    url = item_urls(request)
+    return [{"id": h.id, "similarity": h.score, "url": url(h.id), "caption": h.caption or "", "image_path": h.path}
+            for h in answer.hits[0]]
