@@ -4,8 +4,9 @@
                                      [--models polymodal,baseline_bow] [--reuse]
 
 Parts (each writes OUT/PART_MODEL.json; --reuse assembles the table from what is there):
-  demo  the demo's budget (polymodal.demo.DEMO_STEPS steps of 128): polymodal (shapes-cnn-small)
-        and the baseline (shapes-cnn-bow: the same image tower, an order-blind text tower)
+  demo  the demo's budget (polymodal.demo.DEMO_STEPS steps of 128): polymodal (shapes-cnn-small),
+        the baseline (shapes-cnn-bow: the same image tower, an order-blind text tower) and
+        polymodal_words (shapes-cnn-words: the text tower reads MiniLM's frozen word vectors)
   busy  polymodal at the demo's budget again, next to a one-thread busy loop: its 10k R@1 minus
         the idle run's (training is defined by steps, so a busy machine takes longer, nothing else)
   long  the 15-minute budget (LONG_STEPS steps: 15 minutes on 2 idle cores here), both models
@@ -36,7 +37,8 @@ from polymodal.utils import write_json
 
 console = Console()
 LONG_STEPS = 5 * DEMO_STEPS  # 15 minutes of training on 2 idle cores here
-MODELS = {"polymodal": "shapes-cnn-small", "baseline_bow": "shapes-cnn-bow"}
+# polymodal_words: the same model with its text tower reading MiniLM's frozen word vectors (held-out wording)
+MODELS = {"polymodal": "shapes-cnn-small", "baseline_bow": "shapes-cnn-bow", "polymodal_words": "shapes-cnn-words"}
 RESULTS = Path(__file__).parent / "results" / "composition.json"
 
 
@@ -143,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/composition"))
     ap.add_argument("--only", default="demo,busy,long", help="comma-separated parts: demo, busy, long")
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: polymodal, baseline_bow")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     ap.add_argument("--reuse", action="store_true", help="run nothing; assemble the table from OUT")
     ap.add_argument("--eval-only", action="store_true", help="re-evaluate the models already trained in OUT")
     args = ap.parse_args()

@@ -10,7 +10,11 @@ from polymodal.registry import UnknownNameError
 CAPTIONS = ["a small red circle left of a big blue square", "a big green star", "a little white cross above a disc"]
 
 
-@pytest.mark.parametrize("name", polymodal.list_models())
+# shapes-cnn-words computes MiniLM's word vectors on its first use on a machine (~30 s): slow tier.
+PRESETS = [pytest.param(n, marks=pytest.mark.slow) if n == "shapes-cnn-words" else n for n in polymodal.list_models()]
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_forward_backward_save_load(name, tmp_path):
     torch.manual_seed(0)
     model = polymodal.create_model(name, texts=CAPTIONS * 10)
@@ -44,6 +48,29 @@ def test_locked_minilm_tower_trains_only_its_projection(tmp_path):
     # The bundled BERT is not copied into the checkpoint.
     save_checkpoint(model, tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+@pytest.mark.slow  # the first use on a machine computes MiniLM's word vectors (~30 s)
+def test_minilm_word_vectors_place_unseen_synonyms_and_stay_out_of_checkpoints(tmp_path):
+    model = polymodal.create_model("shapes-cnn-words")
+    embed = model.text_tower.embed
+    vectors = embed.vectors  # (V, 384), frozen
+    assert vectors.shape == (model.tokenizer.tok.get_vocab_size(), 384) and not vectors.requires_grad
+
+    def cos(a: str, b: str) -> float:
+        ids = [model.tokenizer.tok.token_to_id(w) for w in (a, b)]
+        return float(vectors[ids[0]] @ vectors[ids[1]])
+
+    # Words the ShapesWorld captions never use sit next to the synonym they do use.
+    assert cos("tiny", "small") > cos("tiny", "large") + 0.1
+    assert cos("huge", "big") > cos("huge", "small") + 0.1
+    assert cos("beneath", "under") > cos("beneath", "left") + 0.1
+    model.text_tower(model.tokenizer(["a tiny red box beneath a dot"])).pooled.sum().backward()
+    assert embed.proj.weight.grad.abs().sum() > 0 and model.text_tower.forward_rnn.weight_ih_l0.grad is not None
+    # Derived from the installed MiniLM, the vectors are not saved: the checkpoint stays small.
+    save_checkpoint(model, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 5 * 2**20
+    assert torch.equal(load_checkpoint(tmp_path / "m").text_tower.embed.vectors, vectors)
 
 
 def test_unknown_preset_names_the_known_ones():

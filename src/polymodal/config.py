@@ -35,7 +35,8 @@ class ImageTowerConfig:
 
 @dataclass
 class TextTowerConfig:
-    # from scratch: "transformer" or "gru" (bidirectional); "minilm" (bundled); "bow" (baseline)
+    # from scratch: "transformer" or "gru" (bidirectional); "minilm-gru": the gru over the bundled
+    # MiniLM's frozen word vectors (robust to unseen words); "minilm" (bundled); "bow" (baseline)
     kind: str = "transformer"
     context_length: int = 48
     vocab_size: int = 512  # upper bound for the tokenizer trained on the captions
