@@ -65,9 +65,11 @@ def test_fine_tuning_a_checkpoint_uses_the_scratch_lr_and_honours_lock_image(tmp
     assert max(lrs) > 1e-4  # 2e-3 with warm-up and cosine, not the 1e-5 of pretrained towers
     after = polymodal.load(tmp_path / "ft")
     for name in ("image_tower", "image_proj", "text_tower"):
-        same = all(torch.equal(a, b) for a, b in zip(getattr(before, name).parameters(),
-                                                     getattr(after, name).parameters()))
+        same = all(torch.equal(a, b) for a, b in zip(getattr(before, name).state_dict().values(),
+                                                     getattr(after, name).state_dict().values()))
         assert same == name.startswith("image"), name  # the image side locked, the text side trained
+    # BatchNorm running statistics are buffers: they stay as loaded too.
+    assert any(k.endswith("running_mean") for k in before.image_tower.state_dict())
 
 
 def test_one_lock_for_every_trainable_model(checkpoint):

@@ -20,6 +20,7 @@ from .evaluate.report import loss_curve, png_b64, similarity_heatmap, write_repo
 from .evaluate.run import print_results
 from .models.checkpoint import load_checkpoint
 from .train.loop import TrainConfig, train
+from .utils import write_json
 
 console = Console()
 
@@ -111,7 +112,7 @@ def run_demo(out: Path, n_train: int = 40000, n_test: int = 10000, steps: int = 
     data = load_records(data_dir)
     embeddings: dict = {}
     results = evaluate(trained, data, embeddings=embeddings)
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "metrics.json", results)
     print_results(results)
     console.rule("4. report")
     test, image_emb = embeddings["test"].pairs, embeddings["test"].image_emb

@@ -102,6 +102,16 @@ class DualEncoder(EncoderInterface):
         for name, module in self.named_children():
             if (image and name.startswith("image")) or (text and name.startswith("text")):
                 module.requires_grad_(False)
+                self.locked_towers = [*getattr(self, "locked_towers", []), name]
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """A locked tower stays in eval mode, so its BatchNorm statistics stay as loaded (as
+        open_clip freezes them when it locks a tower)."""
+        super().train(mode)
+        for name in getattr(self, "locked_towers", []):
+            getattr(self, name).eval()
+        return self
 
     def _similarity_scale(self) -> torch.Tensor:
         return self.logit_scale.detach().exp().clamp(max=100).cpu()

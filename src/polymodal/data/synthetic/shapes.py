@@ -13,7 +13,6 @@ compositional generalisation.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import multiprocessing as mp
 import random
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ...utils import progress_bar, write_json
 from ..kinds import DATASET_KINDS, AttributeTask, DatasetKind
 from ..schema import Record, write_manifest
 
@@ -454,7 +454,6 @@ def _generate_chunk(args) -> list[dict]:
 
 def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, progress: bool = True) -> Path:
     """Write a ShapesWorld dataset directory (images, manifest.jsonl, dataset.json)."""
-    from ...utils import progress_bar
 
     out = Path(out)
     sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test, "test_unseen": config.n_unseen}
@@ -484,7 +483,7 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
         "unseen_combos": [list(c) for c in UNSEEN_COMBOS],
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    write_json(out / "dataset.json", meta)
     return out
 
 
