@@ -3,6 +3,8 @@ checked against a direct encode + search, readiness while loading, and the index
 disk while the server keeps answering."""
 
 import asyncio
+import dataclasses
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,16 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import threadpoolctl
+import torch
 from search_helpers import make_collection, make_model
+from typer.testing import CliRunner
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import polymodal  # noqa: E402
+from polymodal.cli import app as cli_app  # noqa: E402
 from polymodal.index import BuildConfig, build_index  # noqa: E402
 from polymodal.server import engine as engine_module  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app, lifespan  # noqa: E402
 from polymodal.server.batcher import MicroBatcher  # noqa: E402
+from polymodal.server.responses import FastJSONResponse  # noqa: E402
+from polymodal.server.run import CONFIG_ENV, app_from_env  # noqa: E402
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "grey", "white"]
 SHAPES = ["circle", "square", "triangle", "star", "disc", "box"]
@@ -199,3 +207,51 @@ def test_index_reloads_while_serving(tmp_path, collection, shapes_dir):
         assert found.json()["hits"][0]["path"] == str(more / "newcomer.png")
         time.sleep(0.3)  # nothing changed on disk since: no further reloads
         assert client.get("/health").json()["index_generation"] == after["index_generation"]
+
+
+# -- the knobs: inference threads, worker processes, `polymodal serve` -----------------------------
+
+def blas_threads() -> int:
+    return max(info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")
+
+
+def test_inference_threads_limit_torch_and_blas_while_serving_and_are_restored(collection):
+    root, model = collection
+    torch.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        app = create_app(ServerConfig(index=str(root / "idx"), threads=1), model=model)
+
+        async def main():
+            async with lifespan(app):
+                await wait_ready(app)
+                return await app.state.engine.call(torch.get_num_threads), blas_threads()
+
+        assert asyncio.run(main()) == (1, 1)  # torch's on the inference thread, BLAS's for the process
+        assert (torch.get_num_threads(), blas_threads()) == (2, 2)
+
+
+def test_each_worker_process_makes_its_app_from_the_config_in_its_environment(collection, monkeypatch):
+    root, _ = collection
+    cfg = ServerConfig(index=str(root / "idx"), workers=2, max_batch=8, max_wait_ms=0.5)
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(dataclasses.asdict(cfg)))
+    assert app_from_env().state.engine.cfg == cfg
+    with pytest.raises(ValueError, match="workers"):
+        ServerConfig(index=str(root / "idx"), workers=0)
+
+
+def test_serve_passes_its_knobs_to_the_server(collection, monkeypatch):
+    root, _ = collection
+    served = []
+    monkeypatch.setattr("polymodal.server.run.serve", lambda cfg, port: served.append((cfg, port)))
+    result = CliRunner().invoke(cli_app, ["serve", str(root / "idx"), "--port", "8123", "--workers", "2",
+                                          "--threads", "0", "--max-batch", "16", "--max-wait-ms", "0.5"])
+    assert result.exit_code == 0, result.output
+    cfg, port = served[0]
+    assert (port, cfg.workers, cfg.threads, cfg.max_batch, cfg.max_wait_ms) == (8123, 2, None, 16, 0.5)
+
+
+def test_fast_json_escapes_what_utf8_cannot_carry():
+    hits = {"query": "a red circle", "hits": [{"id": 1, "score": 0.5, "path": "caf\u00e9.png", "caption": None}]}
+    assert json.loads(FastJSONResponse(hits).body) == hits
+    odd = {"query": "x", "hits": [{"id": 2, "score": 0.25, "path": "bad-\udcff.png", "caption": None}]}
+    assert FastJSONResponse(odd).body.decode("ascii") == json.dumps(odd, separators=(",", ":"))

@@ -154,14 +154,17 @@ def serve_cmd(
     api_key: str | None = typer.Option(None, envvar="POLYMODAL_API_KEY", help="Required in X-API-Key or Bearer."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted upload."),
     model: str | None = typer.Option(None, help="Model (default: the one that built the index)."),
+    workers: int = typer.Option(1, min=1, help="Server processes sharing the port (each loads the model)."),
+    threads: int = typer.Option(1, min=0, help="Torch and BLAS threads for inference, per worker (0: torch's own)."),
+    max_batch: int = typer.Option(32, min=1, help="Most queries encoded in one forward pass."),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="Longest a batch waits for as many queries as the last held."),
 ):
     """Serve an index over HTTP: REST API, OpenAPI docs at /docs, a search page at /."""
-    import uvicorn
-
-    from ..server.app import ServerConfig, create_app
+    from ..server.config import ServerConfig
+    from ..server.run import serve
 
     cfg = ServerConfig(index=str(index), model=model, api_key=api_key, host=host,
-                       max_upload_bytes=int(max_upload_mb * 2**20))
-    app = create_app(cfg)
+                       max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, threads=threads or None,
+                       max_batch=max_batch, max_wait_ms=max_wait_ms)
     console.print(f"serving {index} on http://{host}:{port}  (docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve(cfg, port)

@@ -17,13 +17,14 @@ class ServerConfig:
     max_batch: int = 32  # queries encoded in one forward pass at most
     max_wait_ms: float = 2.0  # how long a batch may wait for as many queries as the last one had
     reload_interval_s: float = 1.0  # how often the index on disk is checked for changes (0: never)
-    threads: int | None = None  # torch's intra-op threads for inference (default: torch's own)
+    threads: int | None = 1  # torch and BLAS threads for inference (None: their own, all cores): see engine.load
+    workers: int = 1  # server processes sharing the port, each with its own model and batchers
 
     def __post_init__(self):
         if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"listening on {self.host} (beyond loopback) requires an API key (--api-key)")
-        if self.max_batch < 1 or self.max_wait_ms < 0 or self.reload_interval_s < 0:
-            raise ValueError("max_batch must be >= 1, max_wait_ms and reload_interval_s >= 0")
+        if self.max_batch < 1 or self.workers < 1 or self.max_wait_ms < 0 or self.reload_interval_s < 0:
+            raise ValueError("max_batch and workers must be >= 1, max_wait_ms and reload_interval_s >= 0")
 
 
 def is_loopback(host: str) -> bool:

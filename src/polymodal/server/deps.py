@@ -9,12 +9,13 @@ from fastapi import HTTPException, Request
 from .engine import Engine
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def ready_engine(request: Request) -> Engine:
-    """The engine, or 503 while the model or index is loading (or failed to load)."""
+async def ready_engine(request: Request) -> Engine:
+    """The engine, or 503 while the model or index is loading (or failed to load). Async: FastAPI
+    would run a plain function on its thread pool, a thread hop per request for an attribute read."""
     eng: Engine = request.app.state.engine
     if not eng.ready:
         raise HTTPException(503, f"not ready: {eng.error or 'the model and index are loading'} (see /health)",

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import orjson
 from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from .schemas import Error
 
@@ -19,6 +20,21 @@ class AsciiJSONResponse(JSONResponse):
 
     def render(self, content) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class FastJSONResponse(Response):
+    """JSON through orjson, returned by a hot route as it is: FastAPI then skips validating and
+    re-encoding it against the response model (the route builds exactly the declared shape), about
+    a third of the route's own CPU. Text orjson refuses (a lone surrogate from a file name that is
+    not UTF-8) goes out as escaped ASCII instead."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            return AsciiJSONResponse.render(self, content)
 
 
 async def http_error(_: Request, err: HTTPException) -> AsciiJSONResponse:

@@ -20,7 +20,7 @@ def key_checker(api_key: str):
     """A dependency that accepts `X-API-Key`, `Authorization: Bearer` or `?api_key=`, else 401."""
     expected = api_key.encode()
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: no thread-pool hop per request
         given = request.headers.get("x-api-key") or request.query_params.get("api_key") or _bearer(request)
         if not given or not secrets.compare_digest(given.encode(), expected):
             raise HTTPException(401, "missing or wrong API key (send X-API-Key or Authorization: Bearer)",

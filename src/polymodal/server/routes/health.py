@@ -14,7 +14,7 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health,
             responses={503: {"model": Health, "description": "Not ready: loading, or loading failed."}})
-def health(eng: Engine = Depends(engine)):
+async def health(eng: Engine = Depends(engine)):
     """200 once the model and the index are loaded and queries are answered; 503 before."""
     snap = eng.snapshot
     body = Health(status=eng.status, ready=eng.ready, model_loaded=eng.model is not None,

@@ -26,7 +26,7 @@ def build_router(dim: int) -> APIRouter:
         "schema": request_model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
     @router.get("/indices-list", response_model=list[str])
-    def indices_list(eng: Engine = Depends(engine)):
+    async def indices_list(eng: Engine = Depends(engine)):
         return [eng.name]
 
     @router.post("/knn-service", response_model=list[schemas.KnnHit], openapi_extra=body_doc,
