@@ -23,9 +23,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 import polymodal  # noqa: E402
 from polymodal.cli import app as cli_app  # noqa: E402
 from polymodal.index import BuildConfig, build_index  # noqa: E402
-from polymodal.server import engine as engine_module  # noqa: E402
+from polymodal.server import (
+    engine as engine_module,  # noqa: E402
+    fastpath,  # noqa: E402
+)
 from polymodal.server.app import ServerConfig, create_app, lifespan  # noqa: E402
 from polymodal.server.batcher import MicroBatcher  # noqa: E402
+from polymodal.server.deps import search_answer  # noqa: E402
 from polymodal.server.responses import FastJSONResponse  # noqa: E402
 from polymodal.server.run import CONFIG_ENV, app_from_env  # noqa: E402
 
@@ -255,3 +259,28 @@ def test_fast_json_escapes_what_utf8_cannot_carry():
     assert json.loads(FastJSONResponse(hits).body) == hits
     odd = {"query": "x", "hits": [{"id": 2, "score": 0.25, "path": "bad-\udcff.png", "caption": None}]}
     assert FastJSONResponse(odd).body.decode("ascii") == json.dumps(odd, separators=(",", ":"))
+
+
+# -- the fast /search path --------------------------------------------------------------------------
+
+def test_the_fast_search_path_answers_exactly_as_the_route_does(collection, monkeypatch):
+    root, model = collection
+    answered = []
+    monkeypatch.setattr(fastpath, "search_answer", lambda *args: answered.append(args) or search_answer(*args))
+    fast, routed = {"Content-Type": "application/json"}, {"Content-Type": "application/json; charset=utf-8"}
+    with TestClient(create_app(ServerConfig(index=str(root / "idx")), model=model)) as client:
+        asyncio.run(wait_ready(client.app))
+        bodies = [b'{"text": "a small red circle", "k": 4}', b'{"text": "   ", "k": 4}', b'{"text": "a", "k": 0}',
+                  b'{"text": "a", "k": NaN}', b'{"text": "a", "k": 3, "extra": 1}', b'{"text": "a"', b"[]"]
+        for body in bodies:
+            a = client.post("/search", content=body, headers=fast)
+            b = client.post("/search", content=body, headers=routed)
+            assert (a.status_code, a.headers["content-type"], a.content) == (b.status_code, b.headers["content-type"],
+                                                                            b.content), body
+        # the two valid bodies went the fast way (an unknown key is ignored, as the route ignores it);
+        # the rest got the route's own errors
+        assert [args[1] for args in answered] == ["a small red circle", "a"]
+    with TestClient(create_app(ServerConfig(index=str(root / "idx"), api_key="k"), model=model)) as client:
+        asyncio.run(wait_ready(client.app))
+        assert client.post("/search", content=bodies[0], headers=fast).status_code == 401
+    assert len(answered) == 2  # a key-protected app: always the route (it checks the key)

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse
 from . import security
 from .config import ServerConfig, is_loopback  # noqa: F401  (the public names: `from polymodal.server.app import ...`)
 from .engine import Engine
+from .fastpath import FastSearch
 from .responses import errors, http_error, validation_error
 from .routes import health, items, knn, search
 
@@ -44,6 +45,7 @@ def create_app(cfg: ServerConfig, model=None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.openapi = lambda: openapi_document(app)
     app.add_api_route("/", search_page, include_in_schema=False)
+    app.add_middleware(FastSearch)
     return app
 
 

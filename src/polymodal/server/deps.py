@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi import HTTPException, Request
 
 from .engine import Engine
+from .responses import FastJSONResponse
 
 
 async def engine(request: Request) -> Engine:
@@ -23,13 +24,22 @@ async def ready_engine(request: Request) -> Engine:
     return eng
 
 
+ITEM_FILE = "/items/{item_id}/file"  # the route of an item's file (routes/items.py)
+
+
 def item_urls(request: Request) -> Callable[[int], str]:
-    """item id -> the URL of its file. url_for runs once per response, not once per hit: it
-    searches the routes, raising an exception at each one that does not match."""
-    prefix = str(request.url_for("item_file", item_id=0)).removesuffix("/0/file")
-    return lambda item_id: f"{prefix}/{item_id}/file"
+    """item id -> the absolute URL of its file, as url_for makes it (the server's base URL, its
+    root path included, then the route), built from the request alone: the fast /search path
+    (fastpath.py) runs before the router."""
+    base = str(request.base_url).rstrip("/")
+    return lambda item_id: base + ITEM_FILE.format(item_id=item_id)
 
 
 def hits_json(request: Request, hits) -> list[dict]:
     url = item_urls(request)
     return [{**h.to_json(), "url": url(h.id)} for h in hits]
+
+
+def search_answer(request: Request, query: str, hits) -> FastJSONResponse:
+    """A search's response (schemas.SearchResponse), through orjson without re-validation."""
+    return FastJSONResponse({"query": query, "hits": hits_json(request, hits)})

@@ -4,6 +4,7 @@ responses each route declares in the OpenAPI document."""
 from __future__ import annotations
 
 import json
+import math
 
 import orjson
 from fastapi import HTTPException, Request
@@ -24,9 +25,8 @@ class AsciiJSONResponse(JSONResponse):
 
 class FastJSONResponse(Response):
     """JSON through orjson, returned by a hot route as it is: FastAPI then skips validating and
-    re-encoding it against the response model (the route builds exactly the declared shape), about
-    a third of the route's own CPU. Text orjson refuses (a lone surrogate from a file name that is
-    not UTF-8) goes out as escaped ASCII instead."""
+    re-encoding it against the response model (the route builds exactly the declared shape). Text
+    orjson refuses (a lone surrogate from a file name that is not UTF-8) goes out as escaped ASCII."""
 
     media_type = "application/json"
 
@@ -42,8 +42,10 @@ async def http_error(_: Request, err: HTTPException) -> AsciiJSONResponse:
 
 
 async def validation_error(_: Request, err: RequestValidationError) -> AsciiJSONResponse:
-    # An echoed input may be bytes that are not UTF-8 (a body that is not text at all).
-    detail = jsonable_encoder(err.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    # An echoed input may be bytes that are not UTF-8 (a body that is not text at all), or a NaN
+    # or an infinity (Python's json reads them; JSON cannot carry them): those are echoed as text.
+    detail = jsonable_encoder(err.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace"),
+                                                            float: lambda x: x if math.isfinite(x) else str(x)})
     return AsciiJSONResponse({"detail": detail}, status_code=422)
 
 

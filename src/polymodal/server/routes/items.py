@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Path as PathParam
 from fastapi.responses import FileResponse
 
-from ..deps import ready_engine
+from ..deps import ITEM_FILE, ready_engine
 from ..engine import Engine
 from ..responses import NOT_READY, errors
 
@@ -29,7 +29,7 @@ def media_type(path: str) -> str:
 ITEM_ID = PathParam(ge=0, le=2**63 - 1, description="An item id (SQLite's integers are 64-bit).")
 
 
-@router.get("/items/{item_id}/file", name="item_file", response_class=FileResponse, responses=FILE_RESPONSE)
+@router.get(ITEM_FILE, name="item_file", response_class=FileResponse, responses=FILE_RESPONSE)
 async def item_file(item_id: int = ITEM_ID, eng: Engine = Depends(ready_engine)):
     row = await eng.item(item_id)
     if row is None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from .. import schemas
-from ..deps import hits_json, ready_engine
+from ..deps import ready_engine, search_answer
 from ..engine import Engine
-from ..responses import BAD_BODY, BAD_UPLOAD, NOT_READY, FastJSONResponse
+from ..responses import BAD_BODY, BAD_UPLOAD, NOT_READY
 from ..uploads import decode_upload, read_upload
 
 router = APIRouter(responses=NOT_READY)
@@ -28,9 +28,9 @@ async def uploaded_image(request: Request, upload: UploadFile):
 
 @router.post("/search", response_model=schemas.SearchResponse, responses=BAD_BODY)
 async def search_text(body: schemas.SearchRequest, request: Request, eng: Engine = Depends(ready_engine)):
-    """Text -> images."""
+    """Text -> images. (A plain JSON request is answered by fastpath.py before it gets here.)"""
     answer = await eng.query("text", [body.text], k=body.k)
-    return FastJSONResponse({"query": body.text, "hits": hits_json(request, answer.hits[0])})
+    return search_answer(request, body.text, answer.hits[0])
 
 
 @router.post("/search/image", response_model=schemas.SearchResponse, responses=BAD_UPLOAD, openapi_extra=IMAGE_PART)
@@ -38,7 +38,7 @@ async def search_image(request: Request, file: UploadFile = IMAGE, k: int = Form
                        eng: Engine = Depends(ready_engine)):
     """Image upload -> similar images."""
     answer = await eng.query("image", [await uploaded_image(request, file)], k=k)
-    return FastJSONResponse({"query": file.filename or "upload", "hits": hits_json(request, answer.hits[0])})
+    return search_answer(request, file.filename or "upload", answer.hits[0])
 
 
 @router.post("/embed/text", response_model=schemas.EmbedResponse, responses=BAD_BODY)
