@@ -98,7 +98,9 @@ def test_bad_uploads_get_a_4xx_with_a_reason(served, files, status, reason):
 
 
 def test_bad_requests_are_4xx(served):
-    client, *_ = served
+    client, _, images, _ = served
+    upload = {"file": ("q.png", sorted(images.glob("*.png"))[0].read_bytes(), "image/png")}
+    assert client.post("/search/image", files=upload, data={"k": ""}).status_code == 422  # not the default k
     assert client.post("/search", json={"text": "", "k": 5}).status_code == 422
     assert client.post("/search", json={"text": "x", "k": 0}).status_code == 422
     assert client.post("/search", json={"text": " \t\x1c", "k": 5}).status_code == 422  # no word: as the schema says
