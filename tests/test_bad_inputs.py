@@ -20,7 +20,7 @@ from polymodal.data import load_records
 from polymodal.data.pairs import ImageTextPairs
 from polymodal.data.schema import DataError, UnreadableFileError, printable_path
 from polymodal.index import BuildConfig, Index, build_index, pipeline, sources
-from polymodal.modalities.image import decode_image_bytes, load_image
+from polymodal.modalities.image_files import decode_image_bytes, load_image
 
 
 @pytest.fixture

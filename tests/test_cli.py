@@ -105,3 +105,9 @@ def test_convert_a_csv_to_a_manifest(tmp_path):
     line = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
     assert line["image"] == "../a.png" and line["text"] == ["a black square"]
     assert run("data", "info", tmp_path / "out", check=True).returncode == 0
+
+
+def test_the_command_line_starts_without_torch():
+    """`polymodal --help` answers at once: nothing the CLI imports at start loads torch."""
+    probe = "import sys, polymodal.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0

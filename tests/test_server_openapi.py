@@ -21,7 +21,7 @@ from schemathesis.engine import Status, events  # noqa: E402
 import polymodal  # noqa: E402
 from polymodal.errors import DataError  # noqa: E402
 from polymodal.index import BuildConfig, build_index  # noqa: E402
-from polymodal.modalities.image import decode_image_bytes  # noqa: E402
+from polymodal.modalities.image_files import decode_image_bytes  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app  # noqa: E402
 
 KEY = "s3cret"

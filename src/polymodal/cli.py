@@ -226,7 +226,7 @@ def demo_cmd(
 
 
 # Each feature area keeps its commands in its own module; they import their libraries lazily.
-from .backends.cli import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
+from .cli_export import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..modalities.image import load_image, resize_and_crop
+from ..modalities.image import resize_and_crop
+from ..modalities.image_files import load_image
 from ..utils import progress_bar
 from .kinds import DatasetKind, detect_kind, read_meta
 from .schema import DataError, Record, RecordSet

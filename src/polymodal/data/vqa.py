@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..modalities.image import load_image
+from ..modalities.image_files import load_image
 from .schema import DataError, RecordSet, UnreadableFileError
 
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"

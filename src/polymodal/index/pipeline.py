@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import load_model
 from ..data.schema import UnreadableFileError, printable_path
 from ..errors import DataError, IndexFormatError
-from ..modalities.image import decode_image_bytes, read_image_bytes
+from ..modalities.image_files import decode_image_bytes, read_image_bytes
 from ..utils import progress_bar
 from .ray_stage import encode_ray
 from .sources import Item, count_source, iter_source
@@ -212,6 +211,8 @@ def load_model_for(cfg: BuildConfig):
         if not (Path(cfg.out) / "manifest.json").exists():
             raise IndexFormatError(f"{cfg.out}: no index here (build one with --model first)")
         spec = Index.open(cfg.out).manifest["model"]
+    from ..backends import load_model  # here, not at the top: `polymodal --help` must not load torch
+
     return load_model(spec, device=cfg.device)
 
 

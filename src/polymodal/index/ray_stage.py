@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..backends import load_model
 from .sources import Item
 from .stages import BuildConfig, EncodedBatch
 
@@ -25,7 +24,9 @@ class _Encoder:
     `read` is the pipeline's reader: (item, preprocess) -> (hash, tensor, error)."""
 
     def __init__(self, model: str, threads: int, read: Callable):
-        import torch
+        import torch  # in the Ray worker; and `polymodal --help` must not load torch
+
+        from ..backends import load_model
 
         torch.set_num_threads(threads)
         self.model, self.read = load_model(model), read

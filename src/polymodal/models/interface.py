@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..modalities.image import load_image
+from ..modalities.image_files import load_image
 
 
 class EncoderInterface:

@@ -9,7 +9,7 @@ from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import DataError
-from ..modalities.image import decode_image_bytes
+from ..modalities.image_files import decode_image_bytes
 
 
 async def read_upload(upload: UploadFile, limit: int) -> bytes:
