@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_inputs import NOT_UTF8_NAME, good_images, noise, write_corpus
+from bad_inputs import NOT_UTF8_NAME, good_images, noise, png_claiming, write_corpus
 from PIL import Image
 from search_helpers import make_model
 
@@ -214,3 +214,19 @@ def test_coco_reader(corpus):
 def test_not_utf8_name_is_really_on_disk(corpus):
     assert NOT_UTF8_NAME in os.listdir(os.fsencode(corpus.folder))
     assert isinstance(Image.open(corpus.bad["not UTF-8 name"][0]), Image.Image)  # a good image; its name is bad
+
+
+def test_a_contact_sheet_frames_files_that_went_bad_after_indexing(tmp_path):
+    from polymodal.index.grid import contact_sheet
+    from polymodal.index.store import Hit
+
+    good, bomb = tmp_path / "good.png", tmp_path / "bomb.png"
+    noise(0).save(good)
+    bomb.write_bytes(png_claiming(60_000, 60_000))
+    hits = [Hit(i, 0.9, str(p), None, "image") for i, p in enumerate([good, bomb, tmp_path / "gone.png"])]
+    sheet = contact_sheet(hits, tmp_path / "sheet.png", thumb=32, columns=3)
+    with Image.open(sheet) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    framed = [(pixels[9:39, x + 1:x + 31] != 255).any() for x in (8, 48, 88)]  # inside each cell, frame excluded
+    assert framed[0] and not framed[1] and not framed[2]  # the good image drawn, the others left empty
+    assert (pixels[8, 48:80] == [255, 0, 0]).all(axis=-1).any()  # the bad one's red frame

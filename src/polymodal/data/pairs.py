@@ -19,7 +19,7 @@ from ..modalities.image import resize_and_crop
 from ..modalities.image_files import load_image
 from ..utils import progress_bar
 from .kinds import DatasetKind, detect_kind, read_meta
-from .schema import DataError, Record, RecordSet
+from .schema import DataError, Record, RecordSet, UnreadableFileError
 
 MAX_IN_MEMORY_BYTES = 8 * 2**30
 
@@ -47,8 +47,8 @@ class ImageTextPairs:
         def decode(i: int) -> None:
             try:
                 arrays[i] = resize_and_crop(load_image(data.path(usable[i].image)), image_size)
-            except DataError as err:
-                data.skips.skip(str(data.path(usable[i].image)), str(err).split(": ", 1)[-1])
+            except UnreadableFileError as err:
+                data.skips.skip(str(data.path(usable[i].image)), err.reason)
 
         with progress_bar(progress, transient=True) as bar, ThreadPoolExecutor(2) as pool:
             task = bar.add_task("decoding images", total=len(usable))

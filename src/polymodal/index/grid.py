@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..errors import DataError
+from ..modalities.image_files import load_image
 from ..utils import atomic_path
 
 
@@ -20,12 +22,11 @@ def contact_sheet(hits: Sequence, out: str | Path, title: str = "", thumb: int =
         draw.text((8, 4), title[:120], fill="black")
     for i, hit in enumerate(hits):
         x, y = 8 + (i % columns) * (thumb + 8), head + 8 + (i // columns) * (thumb + label + 8)
-        try:
-            with Image.open(hit.path) as img:
-                img = img.convert("RGB")
-                img.thumbnail((thumb, thumb), Image.NEAREST if max(img.size) < thumb else Image.BICUBIC)
-                sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
-        except OSError:  # the file moved since it was indexed
+        try:  # the one reader: a file replaced since it was indexed may now be anything
+            img = load_image(hit.path)
+            img.thumbnail((thumb, thumb), Image.NEAREST if max(img.size) < thumb else Image.BICUBIC)
+            sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        except DataError:  # moved, deleted or unreadable since it was indexed: an empty red frame
             draw.rectangle((x, y, x + thumb, y + thumb), outline="red")
         draw.text((x, y + thumb + 2), f"{i + 1}. {hit.score:.3f}", fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
