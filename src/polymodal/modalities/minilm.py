@@ -12,6 +12,7 @@ minute on 2 cores), cached on disk, and never stored in a checkpoint.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,8 +33,15 @@ def minilm_path() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where derived assets live: $POLYMODAL_CACHE, else ~/.cache/polymodal."""
-    return Path(os.environ.get("POLYMODAL_CACHE") or Path.home() / ".cache" / "polymodal")
+    """Where derived assets live: $POLYMODAL_CACHE, else ~/.cache/polymodal, else (a home that
+    cannot be written) the system's temporary folder."""
+    path = Path(os.environ.get("POLYMODAL_CACHE") or Path.home() / ".cache" / "polymodal")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "polymodal-cache"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def minilm_word_vectors(progress: bool = True) -> torch.Tensor:
@@ -41,7 +49,6 @@ def minilm_word_vectors(progress: bool = True) -> torch.Tensor:
     row 0 (padding) is zero."""
     weights = minilm_path() / "model.safetensors"
     path = cache_dir() / f"minilm-word-vectors-{weights.stat().st_size}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # two processes (test workers, DDP ranks) compute it once
         if not path.exists():
             with atomic_path(path) as tmp:
