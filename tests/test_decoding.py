@@ -64,6 +64,8 @@ def test_decoder_shapes_and_cache(decoder):
     assert decoder(ids, images(3)).cache is None
     with pytest.raises(ValueError, match="image_tokens"):
         decoder(ids)
+    with pytest.raises(ValueError, match="longer than the decoder's 64 positions"):
+        generate(decoder.bind(images(1)), [[1] * 60], GenerationConfig(max_new_tokens=10))
 
 
 def test_causal_mask_future_tokens_do_not_change_earlier_logits(decoder):

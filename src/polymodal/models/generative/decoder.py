@@ -149,6 +149,9 @@ class TextDecoder(nn.Module):
         # positions (B, T), default past length + 0..T-1; image_tokens (B, T_img, D_img)
         b, t = ids.shape
         past = cache.length if cache is not None else 0
+        if past + t > self.cfg.max_positions:  # a row's positions never exceed the sequence length
+            raise ValueError(f"sequence of {past + t} tokens is longer than the decoder's "
+                             f"{self.cfg.max_positions} positions: shorten the prompt or max_new_tokens")
         if positions is None:
             positions = torch.arange(past, past + t, device=ids.device).expand(b, t)
         cross_kv = self._cross_kv(image_tokens, cache)
