@@ -4,9 +4,9 @@
                                      [--models polymodal,baseline_bow] [--reuse]
 
 Parts (each writes OUT/PART_MODEL.json; --reuse assembles the table from what is there):
-  demo  the demo's budget (polymodal.demo.DEMO_STEPS steps of 128): polymodal (shapes-cnn-small),
-        the baseline (shapes-cnn-bow: the same image tower, an order-blind text tower) and
-        polymodal_words (shapes-cnn-words: the text tower reads MiniLM's frozen word vectors)
+  demo  the demo's budget (polymodal.demo.DEMO_STEPS steps of 128): polymodal (shapes-cnn-small)
+        and the baseline (shapes-cnn-bow: the same image tower, an order-blind text tower);
+        `--only demo --models polymodal_words` adds shapes-cnn-words (MiniLM's frozen word vectors)
   busy  polymodal at the demo's budget again, next to a one-thread busy loop: its 10k R@1 minus
         the idle run's (training is defined by steps, so a busy machine takes longer, nothing else)
   long  the 15-minute budget (LONG_STEPS steps: 15 minutes on 2 idle cores here), both models
@@ -145,7 +145,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/composition"))
     ap.add_argument("--only", default="demo,busy,long", help="comma-separated parts: demo, busy, long")
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument("--models", default="polymodal,baseline_bow",
+                    help="comma-separated: " + ", ".join(MODELS) + " (polymodal_words: run it with --only demo)")
     ap.add_argument("--reuse", action="store_true", help="run nothing; assemble the table from OUT")
     ap.add_argument("--eval-only", action="store_true", help="re-evaluate the models already trained in OUT")
     args = ap.parse_args()
