@@ -1,0 +1,109 @@
+"""`polymodal caption train | run | eval`: the captioner from the command line. Libraries (torch
+above all) are imported when a command runs, so `polymodal --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+caption_app = typer.Typer(no_args_is_help=True, help="Caption images: train a captioner, run it, score its facts.")
+
+
+@caption_app.command("train")
+def caption_train(
+    data: Path = typer.Argument(..., help="Dataset with a train split of images and captions (e.g. ShapesWorld)."),
+    out: Path = typer.Option(..., help="Directory for the checkpoint (config.json, model.safetensors, tokenizer)."),
+    steps: int = typer.Option(2000, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(2e-3),
+    model: str = typer.Option("shapes-captioner-small", help="Preset (shapes-captioner-small, "
+                                                            "shapes-captioner-tiny) or a JSON config file."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+):
+    """Train a CoCa-style captioner (image tower + cross-attending text decoder) on DATA's captions."""
+    from .train.captioner import CaptionTrainConfig, train_captioner
+
+    if not data.exists():
+        raise typer.BadParameter(f"{data}: no such dataset")
+    result = train_captioner(CaptionTrainConfig(data=str(data), out=str(out), model=model, steps=steps,
+                                                batch_size=batch_size, lr=lr, seed=seed, device=device))
+    console.print(f"trained {result['steps']} steps in {result['seconds']} s (loss {result['loss']:.3f}); "
+                  f"checkpoint: {out}")
+
+
+@caption_app.command("run")
+def caption_run(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    model: Path = typer.Option(..., help="Captioner checkpoint directory (from `polymodal caption train`)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON lines {image, caption} instead of a table."),
+    beam: int = typer.Option(1, min=1, help="Beam width (1: greedy)."),
+    max_tokens: int = typer.Option(40, min=1, help="Longest caption in tokens."),
+):
+    """Caption IMAGES; an unreadable file is skipped with one line saying why."""
+    from .data.schema import UnreadableFileError
+    from .modalities.image_files import load_image
+    from .models.generative.captioner import load_captioner
+    from .models.generative.decoding import GenerationConfig
+
+    captioner = load_captioner(model)
+    readable, pictures = [], []
+    for path in images:
+        try:
+            pictures.append(load_image(path))
+            readable.append(path)
+        except UnreadableFileError as err:
+            errors.print(f"skipped {err}", highlight=False, markup=False)
+    if not readable:
+        raise typer.BadParameter("no readable image to caption")
+    captions = captioner.caption(pictures, GenerationConfig(max_new_tokens=max_tokens, num_beams=beam))
+    if json_out:
+        for path, caption in zip(readable, captions):
+            print(json.dumps({"image": str(path), "caption": caption}))
+        return
+    table = Table()
+    table.add_column("image")
+    table.add_column("caption")
+    for path, caption in zip(readable, captions):
+        table.add_row(str(path), caption)
+    console.print(table)
+
+
+@caption_app.command("eval")
+def caption_eval(
+    data: Path = typer.Argument(..., help="ShapesWorld dataset (its scenes are the ground truth)."),
+    model: Path = typer.Option(..., help="Captioner checkpoint directory."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N images of each split."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+):
+    """Fact precision, fact recall and CHAIR-i of greedy captions on the test and test_unseen splits."""
+    from .data import load_records
+    from .evaluate.captioning import evaluate_captioner
+    from .models.generative.captioner import load_captioner
+    from .utils import write_json
+
+    if not data.exists():
+        raise typer.BadParameter(f"{data}: no such dataset")
+    results = evaluate_captioner(load_captioner(model), load_records(data), limit=limit)
+    if not results:
+        raise typer.BadParameter(f"{data}: no test or test_unseen images with ShapesWorld scenes to score")
+    table = Table(title=f"{model} on {data}")
+    for column in ("split", "captions", "fact precision", "fact recall", "CHAIR-i", "unparsed spans"):
+        table.add_column(column)
+    for split, r in results.items():
+        table.add_row(split, str(r["captions"]), _fraction(r["fact_precision"]), _fraction(r["fact_recall"]),
+                      _fraction(r["chair_i"]), str(r["unparsed_spans"]))
+    console.print(table)
+    if json_out:
+        write_json(json_out, results)
+        console.print(f"metrics: {json_out}")
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
