@@ -68,6 +68,7 @@ def test_captions_are_strings_and_batching_changes_nothing(captioner):
     assert batched == [c for i in range(5) for c in captioner.caption(images[i:i + 1])]
     beams = captioner.caption(images[:2], GenerationConfig(max_new_tokens=8, num_beams=3))
     assert len(beams) == 2 and all(isinstance(c, str) for c in beams)
+    assert captioner.caption([]) == []
 
 
 def test_save_and_load_give_the_same_captions(captioner, tmp_path):

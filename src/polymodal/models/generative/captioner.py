@@ -137,6 +137,8 @@ class Captioner(nn.Module):
     def caption(self, images: torch.Tensor | Sequence[Image.Image], config: GenerationConfig | None = None,
                 batch_size: int = 128) -> list[str]:
         """One caption per image (greedy unless `config` says otherwise), `batch_size` at a time."""
+        if len(images) == 0:
+            return []
         was_training = self.training
         self.eval()
         pixels, config, out = self.preprocess(images), self.generation_config(config), []
