@@ -136,3 +136,7 @@ def test_the_command_line_trains_captions_and_scores(shapes_dir, tmp_path):
     missing = cli("run", images[0], "--model", tmp_path / "nothing")
     assert missing.returncode != 0 and "no such checkpoint directory" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    nothing = cli("run", broken, "--model", model)
+    assert nothing.returncode == 2 and nothing.stderr.strip().splitlines()[-1] == "error: no readable image to caption"
+    no_data = cli("eval", tmp_path / "no-data", "--model", model)
+    assert no_data.returncode == 2 and "no such file or directory" in no_data.stderr

@@ -30,8 +30,6 @@ def caption_train(
     """Train a CoCa-style captioner (image tower + cross-attending text decoder) on DATA's captions."""
     from .train.captioner import CaptionTrainConfig, train_captioner
 
-    if not data.exists():
-        raise typer.BadParameter(f"{data}: no such dataset")
     result = train_captioner(CaptionTrainConfig(data=str(data), out=str(out), model=model, steps=steps,
                                                 batch_size=batch_size, lr=lr, seed=seed, device=device))
     console.print(f"trained {result['steps']} steps in {result['seconds']} s (loss {result['loss']:.3f}); "
@@ -47,7 +45,7 @@ def caption_run(
     max_tokens: int = typer.Option(40, min=1, help="Longest caption in tokens."),
 ):
     """Caption IMAGES; an unreadable file is skipped with one line saying why."""
-    from .data.schema import UnreadableFileError
+    from .data.schema import DataError, UnreadableFileError
     from .modalities.image_files import load_image
     from .models.generative.captioner import load_captioner
     from .models.generative.decoding import GenerationConfig
@@ -61,7 +59,7 @@ def caption_run(
         except UnreadableFileError as err:
             errors.print(f"skipped {err}", highlight=False, markup=False)
     if not readable:
-        raise typer.BadParameter("no readable image to caption")
+        raise DataError("no readable image to caption")
     captions = captioner.caption(pictures, GenerationConfig(max_new_tokens=max_tokens, num_beams=beam))
     if json_out:
         for path, caption in zip(readable, captions):
@@ -83,16 +81,14 @@ def caption_eval(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
 ):
     """Fact precision, fact recall and CHAIR-i of greedy captions on the test and test_unseen splits."""
-    from .data import load_records
+    from .data import DataError, load_records
     from .evaluate.captioning import evaluate_captioner
     from .models.generative.captioner import load_captioner
     from .utils import write_json
 
-    if not data.exists():
-        raise typer.BadParameter(f"{data}: no such dataset")
     results = evaluate_captioner(load_captioner(model), load_records(data), limit=limit)
     if not results:
-        raise typer.BadParameter(f"{data}: no test or test_unseen images with ShapesWorld scenes to score")
+        raise DataError(f"{data}: no test or test_unseen images with ShapesWorld scenes to score")
     table = Table(title=f"{model} on {data}")
     for column in ("split", "captions", "fact precision", "fact recall", "CHAIR-i", "unparsed spans"):
         table.add_column(column)
