@@ -30,3 +30,13 @@ def make_collection(directory: Path, shapes_dir: Path, n: int = 40, split: str =
     sub.mkdir()
     shutil.copy(files[1], sub / "copy-of-second.png")  # same bytes: a duplicate
     return directory
+
+
+def make_index(root: Path, shapes_dir: Path, n: int) -> tuple[Path, Path, Path]:
+    """A random model, a collection of n images and its index under `root`: (model, images, index)."""
+    from polymodal.index import BuildConfig, build_index
+
+    model_dir = make_model(root / "model")
+    images = make_collection(root / "images", shapes_dir, n=n)
+    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
+    return model_dir, images, root / "idx"

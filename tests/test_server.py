@@ -7,22 +7,19 @@ import time
 
 import numpy as np
 import pytest
-from search_helpers import make_collection, make_model
+from search_helpers import make_index
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import polymodal  # noqa: E402
-from polymodal.index import BuildConfig, build_index  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, shapes_dir):
     root = tmp_path_factory.mktemp("served")
-    model_dir = make_model(root / "model")
-    images = make_collection(root / "images", shapes_dir, n=20)
-    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
+    model_dir, images, _ = make_index(root, shapes_dir, n=20)
     model = polymodal.load(model_dir)
     app = create_app(ServerConfig(index=str(root / "idx"), max_upload_bytes=200_000), model=model)
     with TestClient(app) as client:

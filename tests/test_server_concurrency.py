@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import threadpoolctl
 import torch
-from search_helpers import make_collection, make_model
+from search_helpers import make_collection, make_index
 from typer.testing import CliRunner
 
 pytest.importorskip("fastapi")
@@ -98,9 +98,7 @@ def test_max_wait_gathers_jobs_that_arrive_later_only_under_load():
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, shapes_dir):
     root = tmp_path_factory.mktemp("concurrent")
-    model_dir = make_model(root / "model")
-    images = make_collection(root / "images", shapes_dir, n=30)
-    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
+    model_dir, _, _ = make_index(root, shapes_dir, n=30)
     return root, polymodal.load(model_dir)
 
 

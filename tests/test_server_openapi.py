@@ -10,7 +10,7 @@ import re
 import time
 
 import pytest
-from search_helpers import make_collection, make_model
+from search_helpers import make_index
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import strategies as st  # noqa: E402
@@ -20,7 +20,6 @@ from schemathesis.engine import Status, events  # noqa: E402
 
 import polymodal  # noqa: E402
 from polymodal.errors import DataError  # noqa: E402
-from polymodal.index import BuildConfig, build_index  # noqa: E402
 from polymodal.modalities.image_files import decode_image_bytes  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app  # noqa: E402
 
@@ -68,11 +67,8 @@ def ready_schema(app, cfg: SchemathesisConfig):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, shapes_dir):
-    root = tmp_path_factory.mktemp("openapi")
-    model_dir = make_model(root / "model")
-    images = make_collection(root / "images", shapes_dir, n=12)
-    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
-    return root / "idx", polymodal.load(model_dir)
+    model_dir, _, index = make_index(tmp_path_factory.mktemp("openapi"), shapes_dir, n=12)
+    return index, polymodal.load(model_dir)
 
 
 @pytest.fixture(scope="module")
