@@ -99,7 +99,8 @@ def run_schemathesis(schema) -> tuple[int, list[str]]:
                 case = event.recorder.cases[case_id].value
                 problems += [f"{case.method} {case.formatted_path}: {check.name}: {check.failure_info.failure.title}"
                              for check in checks
-                             if check.status == Status.FAILURE and not not_really_valid(case, check)]
+                             if check.status == Status.FAILURE and not not_really_valid(case, check)
+                             and not not_really_invalid(case, check)]
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             problems.append(f"error: {getattr(event, 'info', None) or event.exception!r}"[:300])
     return checked, sorted(set(problems))
@@ -123,6 +124,19 @@ def not_really_valid(case, check) -> bool:
     return any(value == "" and (fields.get(name, {}).get("minLength", 0) > 0
                                 or not re.search(fields.get(name, {}).get("pattern", ""), ""))
                for name, value in case.body.items() if name in fields)
+
+
+def not_really_invalid(case, check) -> bool:
+    """A request schemathesis calls schema-violating that no server can tell from a valid one: a
+    multipart form field drawn as a non-string (an object, a list, a number) travels as its text,
+    and form fields are text. (/classify's `labels` drawn as {"": [true, ...]} arrives as a string
+    holding a comma: two labels, as the pattern allows.)"""
+    if check.name != "negative_data_rejection" or case.media_type != "multipart/form-data":
+        return False
+    fields = next(iter(case.operation.body)).form_properties if case.operation.body else {}
+    return isinstance(case.body, dict) and any(
+        fields.get(name, {}).get("type") == "string" and not isinstance(value, (str, bytes))
+        for name, value in case.body.items() if name != "file")
 
 
 @pytest.mark.slow
