@@ -24,6 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from polymodal.utils import write_json
+
 console = Console()
 
 
@@ -88,11 +90,14 @@ def main() -> None:
                         f"median of {args.rounds} rounds")
     for col in ("path", "images/s", "× reference", "cosine vs float32 (min)"):
         table.add_column(col, justify="left" if col == "path" else "right")
+    figures = {"batch": args.batch, "threads": args.threads, "rounds": args.rounds, "paths": {}}
     for name in paths:
         rate = statistics.median(rates[name])
         cosine = (outputs[name] * ref_out).sum(-1).min().item()
         table.add_row(name, f"{rate:.1f}", f"{rate / ref_rate:.2f}", f"{cosine:.5f}")
+        figures["paths"][name] = {"images_per_s": rate, "ratio_to_reference": rate / ref_rate, "min_cosine": cosine}
     console.print(table)
+    write_json(Path(__file__).parent / "results" / "clip_throughput.json", figures)
 
 
 if __name__ == "__main__":

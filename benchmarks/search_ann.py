@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.index.vectors import BuildOptions, VectorIndex
+from polymodal.utils import write_json
 
 
 def real_embeddings(work: Path, n_base: int, train_seconds: float, dim: int, n_queries: int):
@@ -139,6 +140,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     rng = np.random.default_rng(0)
     print("machine shared with other jobs; exact timed before and after each index's queries")
+    figures: dict = {}
     real = None
     if "real" in args.data:
         start = time.perf_counter()
@@ -155,8 +157,9 @@ def main() -> None:
             print(f"\n{data}: {n:,} x 512, k=10")
             print(f"{'queries':<8}{'index':<7}{'setting':<20}{'recall@10':>10}{'p50 ms':>9}{'x exact':>9}"
                   f"{'bytes/vec':>11}{'build s':>9}{'exact ms':>10}")
-            evaluate(x, query_sets, kinds, settings)
+            figures.setdefault(str(n), {})[data] = evaluate(x, query_sets, kinds, settings)
             del x
+    write_json(Path(__file__).parent / "results" / "search_ann.json", {"sizes": figures})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 from polymodal.index.vectors import VectorIndex
+from polymodal.utils import write_json
 
 
 def unit_rows(rng, n: int, d: int) -> np.ndarray:
@@ -94,8 +96,10 @@ def main() -> None:
     parser.add_argument("--batch-reps", type=int, default=5, help="batches of 100 timed per method")
     args = parser.parse_args()
     print("machine shared with other jobs; medians of one run, side by side")
+    figures = {}
     for n in (int(s) for s in args.sizes.split(",")):
         rows = run(n, args.dim, args.queries, args.batch_reps)
+        figures[str(n)] = rows
         base = rows[0]
         print(f"\n{n:,} x {args.dim} float32 unit vectors, k=10")
         print(f"{'method':<18}{'p50 ms':>9}{'p99 ms':>9}{'x numpy':>9}{'batch q/s':>11}{'x numpy':>9}{'recall@10':>11}"
@@ -104,6 +108,7 @@ def main() -> None:
             build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "-"
             print(f"{r['method']:<18}{r['p50']:>9.2f}{r['p99']:>9.2f}{base['p50'] / r['p50']:>9.2f}"
                   f"{r['batch_qps']:>11.0f}{r['batch_qps'] / base['batch_qps']:>9.2f}{r['recall']:>11.3f}{build:>9}")
+    write_json(Path(__file__).parent / "results" / "search_exact.json", {"dim": args.dim, "sizes": figures})
 
 
 if __name__ == "__main__":

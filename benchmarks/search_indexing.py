@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.utils import write_json
+
 
 def make_jpeg_folder(out: Path, n: int, base: Path) -> Path:
     """n distinct JPEG files: ShapesWorld PNGs re-encoded at several qualities (distinct bytes)."""
@@ -91,6 +93,7 @@ def main() -> None:
         generate(work / "shapes", ShapesConfig(n_train=2000, n_val=0, n_test=0, n_unseen=0, seed=5), progress=False)
         model_dir = save_checkpoint(polymodal.create_model(args.model, texts=["a red circle"]), work / "model")
         print(f"\n{'files':>7}{'encoder items/s':>17}{'pipeline items/s':>18}{'ratio':>7}{'pipeline peak MB':>18}")
+        figures = {}
         for n in (int(s) for s in args.sizes.split(",")):
             folder = make_jpeg_folder(work / f"jpeg-{n}", n, work / "shapes" / "images" / "train")
             runs = {"encoder": [], "pipeline": []}
@@ -102,6 +105,9 @@ def main() -> None:
             peak = np.median([r["peak_mb"] for r in runs["pipeline"]])
             assert all(r["items"] == n for r in runs["pipeline"]), runs["pipeline"]
             print(f"{n:>7}{enc:>17.0f}{pipe:>18.0f}{pipe / enc:>7.2f}{peak:>18.0f}", flush=True)
+            figures[str(n)] = {"encoder_items_per_s": enc, "pipeline_items_per_s": pipe, "ratio": pipe / enc,
+                               "pipeline_peak_mb": peak}
+    write_json(Path(__file__).parent / "results" / "search_indexing.json", {"model": args.model, "sizes": figures})
 
 
 if __name__ == "__main__":

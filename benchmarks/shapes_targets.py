@@ -24,6 +24,7 @@ from polymodal.data.synthetic.shapes import ShapesConfig, generate
 from polymodal.evaluate import evaluate
 from polymodal.models.checkpoint import load_checkpoint
 from polymodal.train.loop import TrainConfig, train
+from polymodal.utils import write_json
 
 console = Console()
 
@@ -107,7 +108,9 @@ def main() -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    (args.out / "summary.json").write_text(json.dumps({"rows": rows}, indent=2))
+    summary = {"budget_s": args.budget, "train_s": {"polymodal": ours_s, "baseline": base_s}, "rows": rows}
+    write_json(args.out / "summary.json", summary)
+    write_json(Path(__file__).parent / "results" / "shapes_targets.json", summary)
 
 
 if __name__ == "__main__":

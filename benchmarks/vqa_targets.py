@@ -28,6 +28,7 @@ from rich.table import Table
 
 from polymodal.data.synthetic.sort_of_clevr import SortOfClevrConfig, generate
 from polymodal.lab.vqa import LabConfig, run_lab
+from polymodal.utils import write_json
 
 console = Console()
 
@@ -104,7 +105,8 @@ def main() -> None:
                           "first_at_target_s": first_hit, "curve": t["curve"]},
                "late": late_acc, "noised_drop": {"without": fall(plain), "with": fall(dropped)},
                "baselines": target["baselines"], "threads": args.threads, "n_train": args.n_train}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "summary.json", summary)
+    write_json(Path(__file__).parent / "results" / "vqa_targets.json", summary)
     console.print(f"reports: {args.out}/*/report.html")
 
 
