@@ -39,7 +39,8 @@ def caption_train(
 @caption_app.command("run")
 def caption_run(
     images: list[Path] = typer.Argument(..., help="Image files."),
-    model: Path = typer.Option(..., help="Captioner checkpoint directory (from `polymodal caption train`)."),
+    model: str = typer.Option(..., help="Captioner: a checkpoint directory (from `polymodal caption train`), "
+                                        "hf:<repo id> or a Hugging Face captioning/chat model directory."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON lines {image, caption} instead of a table."),
     beam: int = typer.Option(1, min=1, help="Beam width (1: greedy)."),
     max_tokens: int = typer.Option(40, min=1, help="Longest caption in tokens."),
@@ -47,10 +48,12 @@ def caption_run(
     """Caption IMAGES; an unreadable file is skipped with one line saying why."""
     from .data.schema import DataError, UnreadableFileError
     from .modalities.image_files import load_image
-    from .models.generative.captioner import load_captioner
+    from .backends import load_model
     from .models.generative.decoding import GenerationConfig
 
-    captioner = load_captioner(model)
+    captioner = load_model(model)
+    if not hasattr(captioner, "caption"):
+        raise DataError(f"{model}: not a captioning model (an aligned model embeds, it does not write captions)")
     readable, pictures = [], []
     for path in images:
         try:

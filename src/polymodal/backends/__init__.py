@@ -8,7 +8,8 @@ Sources (see `load_model`):
     <dir>                                a Hugging Face model directory (model_type clip/siglip),
                                          an open_clip directory (open_clip_config.json), an ONNX
                                          export, a polymodal fine-tune (full or LoRA adapters), or
-                                         a polymodal checkpoint
+                                         a polymodal checkpoint (aligned, or generative: a
+                                         captioner or chat model, by the kind in config.json)
 
 Each backend imports its own library (transformers, open_clip, onnxruntime, peft) inside the
 functions that need it: they are optional extras, and slow to import.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.generative.captioner import load_captioner
 from ..utils import atomic_path
 from .base import BACKEND_FILE, PretrainedModel
 from .hf import is_hf_dir, load_hf
@@ -67,6 +69,9 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_open_clip(f"local-dir:{path.resolve()}", model_id=f"open_clip:{path.resolve()}").to(device)
     if is_hf_dir(path):
         return load_hf(str(path)).to(device)
+    generative = GENERATIVE_LOADERS.get(_checkpoint_kind(path))
+    if generative:
+        return generative(path, device)
     return load_checkpoint(path, device)
 
 
@@ -105,6 +110,16 @@ def merge_lora(source: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{source}: not a LoRA fine-tune (written by `polymodal train --lora`)")
     model.merge_lora()
     return save_model(model, out, {"merged_from": str(Path(source).resolve())})
+
+
+# polymodal's generative checkpoints by the "kind" in their config.json; each loader returns a
+# model with `caption(images)` (captioners) and/or `chat(image, messages)` (chat models).
+GENERATIVE_LOADERS = {"captioner": load_captioner}
+
+
+def _checkpoint_kind(path: Path) -> str | None:
+    marker = _read_marker(path / "config.json")
+    return marker.get("kind") if marker else None
 
 
 def _read_marker(file: Path) -> dict | None:
