@@ -46,9 +46,9 @@ def caption_run(
     max_tokens: int = typer.Option(40, min=1, help="Longest caption in tokens."),
 ):
     """Caption IMAGES; an unreadable file is skipped with one line saying why."""
+    from .backends import load_model
     from .data.schema import DataError, UnreadableFileError
     from .modalities.image_files import load_image
-    from .backends import load_model
     from .models.generative.decoding import GenerationConfig
 
     captioner = load_model(model)
