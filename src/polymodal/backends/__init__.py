@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.generative.captioner import load_captioner
+from ..models.generative.chat import load_chat_model
 from ..utils import atomic_path
 from .base import BACKEND_FILE, PretrainedModel
 from .hf import is_hf_dir, load_hf
@@ -114,7 +115,7 @@ def merge_lora(source: str | Path, out: str | Path) -> Path:
 
 # polymodal's generative checkpoints by the "kind" in their config.json; each loader returns a
 # model with `caption(images)` (captioners) and/or `chat(image, messages)` (chat models).
-GENERATIVE_LOADERS = {"captioner": load_captioner}
+GENERATIVE_LOADERS = {"captioner": load_captioner, "chat": load_chat_model}
 
 
 def _checkpoint_kind(path: Path) -> str | None:

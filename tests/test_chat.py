@@ -1,0 +1,160 @@
+"""The image-grounded chat model (LLaVA style): shapes, the assistant-only loss, gradients,
+the chat template, chat == its stream == batched answers, save/load and `polymodal.load`, a user's
+own Hugging Face LM directory as the language model, training, the CLI and the LLaVA reader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import polymodal
+from polymodal.errors import CheckpointError
+from polymodal.models.generative import GenerationConfig
+from polymodal.models.generative.chat import (
+    ASSISTANT,
+    END,
+    IGNORE,
+    ChatModel,
+    ConversationError,
+    chat_loss,
+    collate,
+    create_chat_model,
+    load_chat_model,
+    save_chat_model,
+)
+
+TEXTS = ["what colour is the circle?", "red", "blue", "and what shape is it?", "a red circle left of a blue square"]
+TALK = [{"role": "user", "content": "what colour is the circle?"}, {"role": "assistant", "content": "red"},
+        {"role": "user", "content": "and what shape is it?"}, {"role": "assistant", "content": "circle"}]
+
+
+def pictures(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def as_pil(pixels: torch.Tensor) -> Image.Image:
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def overfit(model: ChatModel, steps: int = 40) -> ChatModel:
+    """A few steps on two images with different answers, so greedy answers are real words."""
+    torch.manual_seed(0)
+    talks = [[{"role": "user", "content": "what colour is the circle?"}, {"role": "assistant", "content": c}]
+             for c in ("red circle", "blue")]
+    ids, labels = collate(model, talks)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = chat_loss(model(pictures(2), ids, labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return overfit(create_chat_model("shapes-chat-tiny", TEXTS * 3))
+
+
+def test_forward_predicts_the_next_token_and_targets_only_the_assistant(model):
+    ids, labels = collate(model, [TALK, TALK[:2]])  # (2, L), the second right-padded
+    out = model(pictures(2), ids, labels)
+    assert out["logits"].shape == (2, ids.shape[1] - 1, model.tokenizer.get_vocab_size())
+    targets = out["targets"]
+    answer = model.encode("red") + [model.ids[END]]
+    # the targets after each <|assistant|> are exactly the answer and <|end|>; all else is ignored
+    first = ids[0].tolist().index(model.ids[ASSISTANT])
+    assert targets[0, first:first + len(answer)].tolist() == answer
+    assert (targets[0] != IGNORE).sum() == len(answer) + len(model.encode("circle")) + 1
+    assert (targets[1] != IGNORE).sum() == len(answer)
+
+
+def test_the_loss_masks_every_non_assistant_token(model):
+    ids, labels = collate(model, [TALK])
+    out = model(pictures(1), ids, labels)
+    logits = out["logits"].detach().requires_grad_(True)
+    chat_loss({"logits": logits, "targets": out["targets"]}).backward()
+    ignored = out["targets"][0] == IGNORE
+    assert logits.grad[0, ignored].abs().sum() == 0 and logits.grad[0, ~ignored].abs().sum() > 0
+    kept = ~ignored
+    expected = F.cross_entropy(out["logits"][0, kept], out["targets"][0, kept])
+    assert torch.allclose(chat_loss(out), expected)
+
+
+def test_the_loss_reaches_the_image_tower_projector_and_language_model(model):
+    model.train().zero_grad()
+    chat_loss(model(pictures(1), *collate(model, [TALK]))).backward()
+    for module in (model.image_tower, model.projector, model.language_model):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert model.region_pos.grad.abs().sum() > 0
+    model.zero_grad()
+    model.eval()
+
+
+def test_answers_depend_on_the_image_and_chat_equals_its_stream_and_the_batch(model):
+    images = [as_pil(p) for p in pictures(2)]
+    question = [{"role": "user", "content": "what colour is the circle?"}]
+    batched = model.answer(images, ["what colour is the circle?"] * 2)
+    assert batched == ["red circle", "blue"]  # the two images it was shown
+    for image, expected in zip(images, batched):
+        pieces = list(model.chat_stream(image, question))
+        assert len(pieces) >= 1 and "".join(pieces) == model.chat(image, question) == expected
+    sampled = GenerationConfig(do_sample=True, seed=3, max_new_tokens=6)
+    assert "".join(model.chat_stream(images[0], question, sampled)) == model.chat(images[0], question, sampled)
+
+
+def test_bad_conversations_are_one_clear_error(model):
+    image = as_pil(pictures(1)[0])
+    with pytest.raises(ConversationError, match="empty"):
+        model.chat(image, [{"role": "user", "content": "  "}])
+    with pytest.raises(ConversationError, match="end with a user turn"):
+        model.chat(image, TALK)
+    with pytest.raises(ConversationError, match="too long"):
+        model.chat(image, [{"role": "user", "content": "red " * 200}])
+
+
+def test_save_load_round_trip_and_polymodal_load(model, tmp_path):
+    save_chat_model(model, tmp_path / "chat", extra={"note": "test"})
+    loaded = load_chat_model(tmp_path / "chat")
+    ids, labels = collate(model, [TALK])
+    with torch.no_grad():
+        assert torch.equal(model(pictures(1), ids, labels)["logits"], loaded(pictures(1), ids, labels)["logits"])
+    via_load = polymodal.load(str(tmp_path / "chat"))
+    assert isinstance(via_load, ChatModel)
+    images = [as_pil(p) for p in pictures(2)]
+    assert via_load.answer(images, ["what colour is the circle?"] * 2) == ["red circle", "blue"]
+    assert via_load.caption(images) == model.caption(images)
+    (tmp_path / "chat" / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        load_chat_model(tmp_path / "chat")
+
+
+def test_a_local_hugging_face_gpt2_directory_is_the_language_model(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(TEXTS * 5, trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]"]))
+    torch.manual_seed(1)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=32, n_layer=1,
+                                      n_head=2))
+    gpt2.save_pretrained(tmp_path / "lm")
+    tok.save(str(tmp_path / "lm" / "tokenizer.json"))
+
+    model = create_chat_model("shapes-chat-tiny", [], language_model=str(tmp_path / "lm"))
+    assert type(model.language_model).__name__ == "GPT2LMHeadModel"
+    n = tok.get_vocab_size()  # the user's own token embeddings kept; the template's tokens added after them
+    assert torch.equal(model.language_model.get_input_embeddings().weight[:n], gpt2.transformer.wte.weight)
+    assert model.tokenizer.get_vocab_size() == n + 5 == model.language_model.get_input_embeddings().num_embeddings
+    overfit(model, steps=30)
+    images = [as_pil(p) for p in pictures(2)]
+    answers = model.answer(images, ["what colour is the circle?"] * 2)
+    assert answers == ["red circle", "blue"]
+    save_chat_model(model, tmp_path / "chat")
+    assert polymodal.load(str(tmp_path / "chat")).answer(images, ["what colour is the circle?"] * 2) == answers
