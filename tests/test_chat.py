@@ -158,3 +158,22 @@ def test_a_local_hugging_face_gpt2_directory_is_the_language_model(tmp_path):
     assert answers == ["red circle", "blue"]
     save_chat_model(model, tmp_path / "chat")
     assert polymodal.load(str(tmp_path / "chat")).answer(images, ["what colour is the circle?"] * 2) == answers
+
+
+def test_llava_conversations_json_is_read_and_bad_entries_are_skipped_by_name(tmp_path):
+    import json
+
+    from polymodal.data import load_records
+
+    as_pil(pictures(1)[0]).save(tmp_path / "a.png")
+    good = {"id": "a", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nwhat colour is the circle?"}, {"from": "gpt", "value": "red"}]}
+    entries = [good, {"id": "b", "image": "a.png", "conversations": [{"from": "gpt", "value": "red"}]},
+               {"id": "c", "conversations": good["conversations"]}, "not an entry",
+               {**good, "id": "d", "image": "missing.png"}]
+    (tmp_path / "talk.json").write_text(json.dumps(entries))
+    data = load_records(tmp_path / "talk.json")
+    assert [r.id for r in data.records] == ["a"]
+    assert data.records[0].attributes["conversations"] == good["conversations"]
+    summary = data.skips.summary()
+    assert len(data.skips) == 4 and "entry b" in summary and "entry c" in summary and "missing.png" in summary

@@ -7,10 +7,11 @@ from pathlib import Path
 from ..schema import DataError, RecordSet, SkipLog, validate
 from .coco import read_coco
 from .folder import read_folder
+from .llava import looks_like_llava, read_llava
 from .manifest import MANIFEST, read_manifest
 from .table import read_table
 
-FORMATS = ("manifest", "coco", "csv", "folder")
+FORMATS = ("manifest", "coco", "llava", "csv", "folder")
 
 
 def detect_format(source: Path) -> str:
@@ -19,7 +20,7 @@ def detect_format(source: Path) -> str:
         return "manifest" if (source / MANIFEST).is_file() else "folder"
     suffix = source.suffix.lower()
     if suffix == ".json":
-        return "coco"
+        return "llava" if source.is_file() and looks_like_llava(source) else "coco"
     if suffix in (".csv", ".tsv"):
         return "csv"
     if suffix == ".jsonl" and source.name == MANIFEST:
@@ -59,6 +60,8 @@ def load_records(
         records, root = read_folder(source, skips, **default_split), source
     elif fmt == "coco":
         records, root = read_coco(source, skips, **default_split), source.parent
+    elif fmt == "llava":
+        records, root = read_llava(source, skips, **default_split), source.parent
     else:
         records, root = read_table(source, skips, **options, **default_split), source.parent
     root = Path(images) if images else root

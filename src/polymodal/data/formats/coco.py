@@ -23,6 +23,14 @@ def read_coco(path: Path, skips: SkipLog, split: str = "train") -> list[Record]:
 
 
 def _load_json(path: Path) -> dict:
+    data = read_json_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{path}: expected a JSON object with an 'images' list")
+    return data
+
+
+def read_json_file(path: Path):
+    """A JSON file's content; a missing, unreadable or invalid file is one DataError naming it."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -33,8 +41,6 @@ def _load_json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err.__class__.__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError(f"{path}: expected a JSON object with an 'images' list")
     return data
 
 
