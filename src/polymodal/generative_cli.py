@@ -26,14 +26,24 @@ def caption_train(
                                                             "shapes-captioner-tiny) or a JSON config file."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    contrastive: bool = typer.Option(False, "--contrastive", help="CoCa joint training: an aligned model shares "
+                                     "the image tower (contrastive loss + weight x captioning loss); its "
+                                     "checkpoint is written to OUT/aligned."),
+    caption_weight: float = typer.Option(1.0, min=0.0, help="With --contrastive: the captioning loss's weight "
+                                         "(0: contrastive only)."),
+    aligned_model: str = typer.Option("shapes-cnn-small", help="With --contrastive: the aligned preset (its image "
+                                      "tower replaces the captioner preset's)."),
 ):
     """Train a CoCa-style captioner (image tower + cross-attending text decoder) on DATA's captions."""
     from .train.captioner import CaptionTrainConfig, train_captioner
 
-    result = train_captioner(CaptionTrainConfig(data=str(data), out=str(out), model=model, steps=steps,
-                                                batch_size=batch_size, lr=lr, seed=seed, device=device))
-    console.print(f"trained {result['steps']} steps in {result['seconds']} s (loss {result['loss']:.3f}); "
-                  f"checkpoint: {out}")
+    result = train_captioner(CaptionTrainConfig(
+        data=str(data), out=str(out), model=model, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        device=device, contrastive=contrastive, caption_weight=caption_weight, aligned_model=aligned_model))
+    terms = "".join(f", {k.replace('_', ' ')} {result[k]:.3f}" for k in ("contrastive_loss", "caption_loss")
+                    if k in result)
+    console.print(f"trained {result['steps']} steps in {result['seconds']} s (loss {result['loss']:.3f}{terms}); "
+                  f"checkpoint: {out}" + (f" (aligned half: {out / 'aligned'})" if contrastive else ""))
 
 
 @caption_app.command("run")

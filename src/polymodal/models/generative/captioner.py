@@ -13,7 +13,8 @@ part of a caption), and padding is ignored by the loss.
 
 The CNN's region tokens carry no position of their own (its convolutions are shift-invariant),
 so a learnt embedding per region is added before the decoder reads them: "left of" needs where.
-Only the captioning loss is trained; CoCa's joint contrastive loss is not built here.
+This module trains with the captioning loss alone; `coca.py` shares the image tower with an aligned
+model and adds CoCa's contrastive loss.
 """
 
 from __future__ import annotations
@@ -108,15 +109,22 @@ class Captioner(nn.Module):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, S, S) -> region tokens (B, T, C) with their positions."""
-        tokens = self.image_tower(self.normalize(images.to(self.device))).tokens
+        return self.regions(self.image_tower(self.normalize(images.to(self.device))).tokens)
+
+    def regions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tower's region tokens (B, T, C) -> what the decoder reads (B, T, C): with their positions."""
         return self.region_norm(tokens + self.region_pos)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S); ids (B, L) "[CLS] words [SEP]" padded with 0 ->
         {"logits": (B, L-1, V), "targets": (B, L-1)}: each position predicts the next token."""
+        return self.caption_outputs(self.image_tokens(images), ids)
+
+    def caption_outputs(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`forward` from region tokens (B, T, C) already computed (the joint model runs its tower once)."""
         ids = ids.to(self.device)
         inputs, targets = ids[:, :-1], ids[:, 1:].masked_fill(ids[:, 1:] == self.pad_id, IGNORE)
-        logits = self.decoder(inputs, self.image_tokens(images), attention_mask=inputs != self.pad_id).logits
+        logits = self.decoder(inputs, image_tokens, attention_mask=inputs != self.pad_id).logits
         return {"logits": logits, "targets": targets}
 
     def preprocess(self, images) -> torch.Tensor:
