@@ -80,6 +80,8 @@ def load_hf_vlm(source: str, device: str = "cpu", model_id: str | None = None) -
             model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
         except (OSError, ValueError) as err:
             raise _load_error(source, local, online, err) from None
+        except ImportError as err:  # a processor's own dependency (SmolVLM's needs num2words)
+            raise CheckpointError(f"{source}: {_first_line(err)}") from None
     family = VLM_FAMILIES.get(model.config.model_type)
     if family is None:
         raise CheckpointError(f"{source}: model_type '{model.config.model_type}' is not a supported "
@@ -93,13 +95,16 @@ def load_hf_vlm(source: str, device: str = "cpu", model_id: str | None = None) -
 
 
 def _load_error(source: str, local: bool, online: bool, err: Exception) -> CheckpointError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
     if local:
-        return CheckpointError(f"{source}: not a complete Hugging Face model directory ({reason})")
+        return CheckpointError(f"{source}: not a complete Hugging Face model directory ({_first_line(err)})")
     where = "not in the Hugging Face cache" + ("" if online else " and the hub cannot be reached (offline)")
     return CheckpointError(f"hf:{source}: {where}; download it where there is a network "
                            f"(`hf download {source} --local-dir DIR`) and pass DIR, or point HF_HOME "
                            f"at a cache that holds it")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
 
 
 class HFVisionLanguageModel(nn.Module):
