@@ -1,4 +1,4 @@
-"""Pretrained Hugging Face vision-language models (BLIP, LLaVA, Idefics3) on tiny random models
+"""Pretrained Hugging Face vision-language models (BLIP, LLaVA, Idefics3, SmolVLM) on tiny random models
 saved in transformers' own format: captions and chat answers through `polymodal.load` are
 transformers' own `generate` output token for token, the stream concatenates to the answer, the
 GenerationConfig's settings reach generate, and a model that is not there fails in one line."""
@@ -94,24 +94,29 @@ def save_llava(directory):
                    chat_template=LLAVA_TEMPLATE).save_pretrained(directory)
 
 
-def save_idefics3(directory):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+def save_idefics3(directory, smol: bool = False):
+    """Idefics3, or SmolVLM (its processor also takes videos and needs num2words)."""
+    import transformers as tf
 
     specials = ["<pad>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
     tok = bpe_tokenizer(specials, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<end_of_utterance>")
     text = tiny_text(len(tok), model_type="llama", num_key_value_heads=2, max_position_embeddings=256,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    name = "SmolVLM" if smol else "Idefics3"
     torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(Idefics3Config(vision_config=tiny_vision(), text_config=text,
-                                                            image_token_id=3, scale_factor=2))
-    model.save_pretrained(directory)
-    images = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
-                                    max_image_size={"longest_edge": 32})
+    config = getattr(tf, f"{name}Config")(vision_config=tiny_vision(), text_config=text, image_token_id=3,
+                                          scale_factor=2)
+    getattr(tf, f"{name}ForConditionalGeneration")(config).save_pretrained(directory)
+    images = getattr(tf, f"{name}ImageProcessor")(do_image_splitting=False, size={"longest_edge": 32},
+                                                  max_image_size={"longest_edge": 32})
+    videos = {"video_processor": tf.SmolVLMVideoProcessor()} if smol else {}
     # (32 / 8) ** 2 patches merged 2 x 2 by the connector: 4 image tokens
-    Idefics3Processor(images, tok, image_seq_len=4, chat_template=IDEFICS_TEMPLATE).save_pretrained(directory)
+    getattr(tf, f"{name}Processor")(image_processor=images, tokenizer=tok, image_seq_len=4,
+                                    chat_template=IDEFICS_TEMPLATE, **videos).save_pretrained(directory)
 
 
-SAVERS = {"blip": save_blip, "llava": save_llava, "idefics3": save_idefics3}
+SAVERS = {"blip": save_blip, "llava": save_llava, "idefics3": save_idefics3,
+          "smolvlm": lambda directory: save_idefics3(directory, smol=True)}
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +172,7 @@ def test_blip_captions_are_transformers_generate(vlm_dirs, beams):
     assert model.caption(pixels, config) == model.caption([im.resize((32, 32)) for im in images()], config)
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "smolvlm"])
 def test_chat_answers_are_transformers_generate_and_the_stream_concatenates_to_them(vlm_dirs, family):
     model = polymodal.load(vlm_dirs[family])
     assert isinstance(model, HFChatModel)
