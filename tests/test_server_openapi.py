@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+import torch
 from search_helpers import make_index
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -21,6 +22,7 @@ from schemathesis.engine import Status, events  # noqa: E402
 import polymodal  # noqa: E402
 from polymodal.errors import DataError  # noqa: E402
 from polymodal.modalities.image_files import decode_image_bytes  # noqa: E402
+from polymodal.models.generative.chat import create_chat_model  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app  # noqa: E402
 
 KEY = "s3cret"
@@ -68,18 +70,22 @@ def ready_schema(app, cfg: SchemathesisConfig):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, shapes_dir):
     model_dir, _, index = make_index(tmp_path_factory.mktemp("openapi"), shapes_dir, n=12)
-    return index, polymodal.load(model_dir)
+    torch.manual_seed(0)
+    chat = create_chat_model("shapes-chat-tiny", ["a red circle left of a blue square", "what colour is it ?"] * 4)
+    return index, polymodal.load(model_dir), chat
 
 
 @pytest.fixture(scope="module")
 def loopback_api(built):
-    index, model = built
-    return ready_schema(create_app(ServerConfig(index=str(index), max_upload_bytes=100_000), model=model), config())
+    """With a chat model (it captions too) behind /caption and /chat; the keyed server has none (404s)."""
+    index, model, chat = built
+    app = create_app(ServerConfig(index=str(index), max_upload_bytes=100_000), model=model, generator=chat)
+    return ready_schema(app, config())
 
 
 @pytest.fixture(scope="module")
 def keyed_api(built):
-    index, model = built
+    index, model, _ = built
     app = create_app(ServerConfig(index=str(index), host="0.0.0.0", api_key=KEY), model=model)
     # The coverage phase (three quarters of the time) walks the schemas, which the loopback run
     # has walked already; with a key, fuzzing and the stateful phase check what the key changes.
@@ -100,7 +106,8 @@ def run_schemathesis(schema) -> tuple[int, list[str]]:
                 problems += [f"{case.method} {case.formatted_path}: {check.name}: {check.failure_info.failure.title}"
                              for check in checks
                              if check.status == Status.FAILURE and not not_really_valid(case, check)
-                             and not not_really_invalid(case, check)]
+                             and not not_really_invalid(case, check)
+                             and not beyond_json_schema(case, check, event.recorder.interactions.get(case_id))]
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             problems.append(f"error: {getattr(event, 'info', None) or event.exception!r}"[:300])
     return checked, sorted(set(problems))
@@ -124,6 +131,27 @@ def not_really_valid(case, check) -> bool:
     return any(value == "" and (fields.get(name, {}).get("minLength", 0) > 0
                                 or not re.search(fields.get(name, {}).get("pattern", ""), ""))
                for name, value in case.body.items() if name in fields)
+
+
+def beyond_json_schema(case, check, interaction) -> bool:
+    """A request schemathesis calls valid that the server refuses rightly. /caption's array of files
+    drawn as one value (schemathesis draws a field with an `encoding` content type from the image
+    strategy registered above, whole), which travels without a file name: to any server a text
+    field, not a file. A /chat conversation whose turns do not alternate user, assistant, ... from
+    a user's first to a user's last (the document says so in words: no JSON Schema keyword says
+    which item comes where), or that is longer than the model's context (the schema counts
+    characters, the model tokens: a 413 that says so)."""
+    if check.name != "positive_data_acceptance" or not isinstance(case.body, dict):
+        return False
+    if case.operation.path == "/caption":
+        return not isinstance(case.body.get("file"), list)
+    if case.operation.path != "/chat":
+        return False
+    response = interaction.response if interaction else None
+    too_long = response is not None and response.status_code == 413 and b"too long" in response.content
+    roles = [turn.get("role") if isinstance(turn, dict) else None for turn in case.body.get("messages") or []]
+    alternating = roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2)
+    return too_long or not alternating or len(roles) % 2 == 0
 
 
 def not_really_invalid(case, check) -> bool:

@@ -158,6 +158,7 @@ def serve_cmd(
     threads: int = typer.Option(1, min=0, help="Torch and BLAS threads for inference, per worker (0: torch's own)."),
     max_batch: int = typer.Option(32, min=1, help="Most queries encoded in one forward pass."),
     max_wait_ms: float = typer.Option(2.0, min=0, help="Longest a batch waits for as many queries as the last held."),
+    generator: str | None = typer.Option(None, help="A captioner or chat model for POST /caption and /chat."),
 ):
     """Serve an index over HTTP: REST API, OpenAPI docs at /docs, a search page at /."""
     from ..server.config import ServerConfig
@@ -165,6 +166,6 @@ def serve_cmd(
 
     cfg = ServerConfig(index=str(index), model=model, api_key=api_key, host=host,
                        max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, threads=threads or None,
-                       max_batch=max_batch, max_wait_ms=max_wait_ms)
+                       max_batch=max_batch, max_wait_ms=max_wait_ms, generator=generator)
     console.print(f"serving {index} on http://{host}:{port}  (docs: /docs)")
     serve(cfg, port)

@@ -1,9 +1,10 @@
 """The HTTP server: `create_app(ServerConfig(index=...))` -> a FastAPI app.
 
-Endpoints: text and image search, embeddings, zero-shot classification, health, the item files,
-clip-retrieval's `/knn-service` and `/indices-list` (its ClipClient works unchanged), a search page
-at `/` and the OpenAPI docs at `/docs`. Bad input is a 4xx with a reason, never a 500, and every
-status and content type the server sends is in the OpenAPI document.
+Endpoints: text and image search, embeddings, zero-shot classification, captions and chat (with a
+generative model beside the index), health, the item files, clip-retrieval's `/knn-service` and
+`/indices-list` (its ClipClient works unchanged), a search page at `/` and the OpenAPI docs at
+`/docs`. Bad input is a 4xx with a reason, never a 500, and every status and content type the
+server sends is in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from .config import ServerConfig, is_loopback  # noqa: F401  (the public names: 
 from .engine import Engine
 from .fastpath import FastSearch
 from .responses import errors, http_error, validation_error
-from .routes import health, items, knn, search
+from .routes import generate, health, items, knn, search
 
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(cfg: ServerConfig, model=None) -> FastAPI:
-    """The app for one index. `model` skips loading (tests pass an in-memory model); the rest
-    loads in the background once the app starts, and /health says when it is ready."""
-    engine = Engine(cfg, model)
+def create_app(cfg: ServerConfig, model=None, generator=None) -> FastAPI:
+    """The app for one index. `model` and `generator` skip loading (tests pass in-memory models);
+    the rest loads in the background once the app starts, and /health says when it is ready."""
+    engine = Engine(cfg, model, generator)
     app = FastAPI(title="polymodal search", version="1", lifespan=lifespan,
                   description=f"Search the index at {cfg.index} ({engine.manifest['model_id']}).")
     app.state.engine = engine
@@ -39,7 +40,9 @@ def create_app(cfg: ServerConfig, model=None) -> FastAPI:
         protected = {"dependencies": [Depends(security.key_checker(cfg.api_key))],
                      "responses": errors({401: "Missing or wrong API key."})}
     app.include_router(health.router)
-    for router in (search.router, items.router, knn.build_router(int(engine.manifest["dim"]))):
+    routers = (search.router, items.router, knn.build_router(int(engine.manifest["dim"])),
+               generate.build_router(cfg.max_images))
+    for router in routers:
         app.include_router(router, **protected)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -19,12 +19,14 @@ class ServerConfig:
     reload_interval_s: float = 1.0  # how often the index on disk is checked for changes (0: never)
     threads: int | None = 1  # torch and BLAS threads for inference (None: their own, all cores): see engine.load
     workers: int = 1  # server processes sharing the port, each with its own model and batchers
+    generator: str | None = None  # a captioner or chat model (polymodal.load) for /caption and /chat
+    max_images: int = 16  # images one /caption request may send
 
     def __post_init__(self):
         if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"listening on {self.host} (beyond loopback) requires an API key (--api-key)")
-        if self.max_batch < 1 or self.workers < 1 or self.max_wait_ms < 0 or self.reload_interval_s < 0:
-            raise ValueError("max_batch and workers must be >= 1, max_wait_ms and reload_interval_s >= 0")
+        if min(self.max_batch, self.workers, self.max_images) < 1 or self.max_wait_ms < 0 or self.reload_interval_s < 0:
+            raise ValueError("max_batch, workers and max_images must be >= 1, max_wait_ms and reload_interval_s >= 0")
 
 
 def is_loopback(host: str) -> bool:

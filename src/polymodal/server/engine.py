@@ -4,6 +4,8 @@ Loading happens off the event loop (the server answers /health meanwhile, as not
 go through one micro-batcher per kind of input (text, image, vector) onto one inference thread:
 torch parallelises each forward pass itself, and that thread is also the only one that touches
 the index's SQLite connection. A watcher swaps in a new snapshot when the index changes on disk.
+An optional generative model (a captioner or a chat model) decodes on that same thread, one call
+or one streamed piece at a time, in turn with the batches.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ..backends import load_model
+from ..errors import CheckpointError
 from ..index.store import Hit, Index
 from .batcher import MicroBatcher
 from .config import ServerConfig
@@ -44,12 +47,13 @@ class Answer:
 
 
 class Engine:
-    def __init__(self, cfg: ServerConfig, model=None):
+    def __init__(self, cfg: ServerConfig, model=None, generator=None):
         self.cfg, self.root = cfg, Path(cfg.index)
         with Index.open(self.root) as index:  # a missing or damaged index fails now, not in the background
             self.manifest = dict(index.manifest)
         self.name = cfg.name or self.root.resolve().name
         self.model = model
+        self.generator = generator  # captions and chats (None: none configured, or not loaded yet)
         self.snapshot: IndexSnapshot | None = None
         self.error: str | None = None  # why loading or the last reload failed
         self._failed_signature: tuple | None = None
@@ -58,7 +62,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.model is not None and self.snapshot is not None
+        generator_ready = self.generator is not None or not self.cfg.generator
+        return self.model is not None and self.snapshot is not None and generator_ready
 
     @property
     def status(self) -> str:
@@ -86,11 +91,14 @@ class Engine:
             torch.set_num_threads(self.cfg.threads)
 
     def load(self) -> None:
-        """Model, then index (blocking: run it on a thread). A failure is kept for /health."""
+        """Model, index, then the generator if one is configured (blocking: run it on a thread).
+        A failure is kept for /health."""
         try:
             if self.model is None:
                 self.model = load_model(self.cfg.model or self.manifest["model"])
             self.snapshot = IndexSnapshot.load(self.root, self.model, generation=1)
+            if self.generator is None and self.cfg.generator:
+                self.generator = load_generator(self.cfg.generator)
         except Exception as err:
             self.error = f"{type(err).__name__}: {err}"
             log.error("polymodal serve: loading failed: %s", self.error)
@@ -159,6 +167,14 @@ class Engine:
         if kind == "image":
             return self.model.encode_image(inputs).cpu().numpy()
         return unit_rows(np.asarray(inputs, dtype=np.float64))
+
+
+def load_generator(source: str):
+    """A model that captions (`caption`) or chats (`chat_stream`), or an error naming what it is."""
+    model = load_model(source)
+    if not (hasattr(model, "caption") or hasattr(model, "chat_stream")):
+        raise CheckpointError(f"{source}: not a generative model ({type(model).__name__} neither captions nor chats)")
+    return model
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 # The characters str.strip() removes (str.isspace()), spelled out: JSON Schema patterns are
 # ECMA-262 regexes, whose \s is another set, and encode_text refuses a text of these alone.
@@ -100,6 +109,7 @@ class Health(BaseModel):
     index_loaded_at: float | None = Field(None, description="When the index now served was loaded (Unix time).")
     error: str | None = Field(None, description="Why loading failed, or why the last reload failed (the "
                                                    "index loaded before it still serves).")
+    generator_loaded: bool = Field(False, description="Whether a captioner or chat model serves /caption and /chat.")
 
 
 class KnnHit(BaseModel):
@@ -151,3 +161,66 @@ def knn_request_for(dim: int) -> type[KnnRequest]:
     """KnnRequest whose embedding_input must have the index's dimension."""
     vector = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=dim, max_length=dim)]
     return create_model("KnnRequest", __base__=KnnRequest, embedding_input=(vector | None, None))
+
+
+# -- generation: /caption and /chat ------------------------------------------------------------------
+
+MAX_NEW_TOKENS = 256  # the most tokens one caption or answer may ask for
+MAX_TURNS = 64
+MAX_TURN_CHARS = 4000
+
+
+class Caption(BaseModel):
+    file: str = Field(description="The upload's file name.")
+    caption: str
+
+
+class CaptionResponse(BaseModel):
+    captions: list[Caption] = Field(description="One per uploaded image, in the order sent.")
+
+
+def _has_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty text: a turn needs at least one character that is not white space")
+    return text
+
+
+# The pattern documents the rule; the validator says it in words (a pattern error would quote the regex).
+TurnText = Annotated[str, Field(max_length=MAX_TURN_CHARS, json_schema_extra={"pattern": HAS_WORD}),
+                     AfterValidator(_has_text)]
+
+
+ROLES = ("user", "assistant")
+
+
+class Message(BaseModel):
+    model_config = STRICT
+
+    role: Literal["user", "assistant"]
+    content: TurnText
+
+
+class ChatRequest(BaseModel):
+    model_config = STRICT
+
+    image: Base64Image = Field(description="A base64-encoded image file: what the conversation is about.")
+    messages: list[Message] = Field(min_length=1, max_length=MAX_TURNS, description=(
+        "The conversation so far, oldest first: turns alternate user, assistant, user, ... and end with the "
+        "user's question (JSON Schema cannot say which turn comes where: such a conversation is a 422)."))
+    stream: bool = Field(True, description="true: server-sent events, one per piece of the answer, then "
+                                           "`event: done` with the whole answer; false: one JSON answer.")
+    max_tokens: integer(ge=1, le=MAX_NEW_TOKENS) = 64
+
+    @model_validator(mode="after")
+    def _alternates_and_ends_with_a_question(self):
+        for k, turn in enumerate(self.messages):
+            if turn.role != ROLES[k % 2]:
+                raise ValueError(f"messages: turn {k} is the {turn.role}'s, but turns alternate user, assistant, "
+                                 "... from the user's first question")
+        if self.messages[-1].role != "user":
+            raise ValueError("messages: the last turn must be the user's question")
+        return self
+
+
+class ChatResponse(BaseModel):
+    answer: str

@@ -21,5 +21,5 @@ async def health(eng: Engine = Depends(engine)):
                   index_loaded=snap is not None, model_id=eng.manifest["model_id"], dim=int(eng.manifest["dim"]),
                   items=snap.info["items"] if snap else None, kind=snap.info["kind"] if snap else None,
                   index_generation=snap.generation if snap else 0, index_loaded_at=snap.loaded_at if snap else None,
-                  error=eng.error)
+                  error=eng.error, generator_loaded=eng.generator is not None)
     return AsciiJSONResponse(body.model_dump(), status_code=200 if eng.ready else 503)
