@@ -143,7 +143,7 @@ def test_a_local_hugging_face_gpt2_directory_is_the_language_model(tmp_path):
     tok.train_from_iterator(TEXTS * 5, trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]"]))
     torch.manual_seed(1)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=32, n_layer=1,
-                                      n_head=2))
+                                      n_head=2, bos_token_id=0, eos_token_id=0))
     gpt2.save_pretrained(tmp_path / "lm")
     tok.save(str(tmp_path / "lm" / "tokenizer.json"))
 
@@ -152,7 +152,7 @@ def test_a_local_hugging_face_gpt2_directory_is_the_language_model(tmp_path):
     n = tok.get_vocab_size()  # the user's own token embeddings kept; the template's tokens added after them
     assert torch.equal(model.language_model.get_input_embeddings().weight[:n], gpt2.transformer.wte.weight)
     assert model.tokenizer.get_vocab_size() == n + 5 == model.language_model.get_input_embeddings().num_embeddings
-    overfit(model, steps=30)
+    overfit(model, steps=60)
     images = [as_pil(p) for p in pictures(2)]
     answers = model.answer(images, ["what colour is the circle?"] * 2)
     assert answers == ["red circle", "blue"]
@@ -177,3 +177,108 @@ def test_llava_conversations_json_is_read_and_bad_entries_are_skipped_by_name(tm
     assert data.records[0].attributes["conversations"] == good["conversations"]
     summary = data.skips.summary()
     assert len(data.skips) == 4 and "entry b" in summary and "entry c" in summary and "missing.png" in summary
+
+
+# -- training, evaluation and the CLI on a tiny generated dataset -----------------------------------
+
+COLOUR_QUESTION = "what colour is the shape?"
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    """A LLaVA JSON of ShapesWorld's one-object scenes asked their colour (chance: 1 in 8), train and test."""
+    import json
+
+    from polymodal.data.formats.manifest import read_manifest
+    from polymodal.data.schema import SkipLog
+    from polymodal.data.synthetic.shapes import ShapesConfig, generate
+
+    out = tmp_path_factory.mktemp("chat-colours")
+    generate(out, ShapesConfig(n_train=500, n_val=0, n_test=160, n_unseen=0, seed=5), workers=1, progress=False)
+    entries = [{"id": r.id, "image": r.image, "split": r.split, "conversations": [
+        {"from": "human", "value": f"<image>\n{COLOUR_QUESTION}"},
+        {"from": "gpt", "value": r.attributes["objects"][0]["colour"]}]}
+        for r in read_manifest(out, SkipLog()) if len(r.attributes["objects"]) == 1]
+    (out / "colours.json").write_text(json.dumps(entries))
+    return out / "colours.json"
+
+
+@pytest.fixture(scope="module")
+def trained(colour_data, tmp_path_factory):
+    from polymodal.train.chat import ChatTrainConfig, train_chat
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("chat-run")
+    result = train_chat(ChatTrainConfig(data=str(colour_data), out=str(out), model="shapes-chat-tiny",
+                                        stage1_steps=0, stage2_steps=150, batch_size=32, lr=3e-3, progress=False))
+    assert result["stage1"] is None and result["stage2"]["steps"] == 150
+    return out
+
+
+def test_a_short_training_run_answers_far_above_chance(trained, colour_data):
+    from polymodal.data import load_records
+    from polymodal.evaluate.chat import evaluate_chat
+
+    scores = evaluate_chat(load_chat_model(trained), load_records(colour_data), splits=["test"])
+    test = scores["splits"]["test"]["conversations"]
+    assert test["questions"] >= 40
+    assert test["exact_match"] >= 0.6  # chance is 1/8
+
+
+def test_stage1_and_stage2_on_shapes_questions_and_the_eval_report(shapes_dir, tmp_path):
+    """Both stages run on a ShapesWorld dataset with questions; the report has every figure."""
+    from polymodal.data import load_records
+    from polymodal.data.synthetic.shapes_qa import write_qa_dataset
+    from polymodal.evaluate.chat import evaluate_chat
+    from polymodal.train.chat import ChatTrainConfig, train_chat
+
+    write_qa_dataset(shapes_dir, tmp_path / "qa")
+    result = train_chat(ChatTrainConfig(data=str(tmp_path / "qa"), out=str(tmp_path / "run"), model="shapes-chat-tiny",
+                                        stage1_steps=3, stage2_steps=3, batch_size=16, progress=False))
+    assert result["stage1"]["steps"] == 3 and result["stage2"]["steps"] == 3
+    scores = evaluate_chat(load_chat_model(tmp_path / "run"), load_records(tmp_path / "qa"), limit=8)
+    test = scores["splits"]["test"]
+    assert {"train", "heldout"} <= set(test["questions"]["by_wording"])
+    assert test["conversations"]["followup_questions"] > 0 and "test_unseen" in scores["splits"]
+    assert set(scores["summary"]) >= {"exact_match_heldout", "followup_accuracy", "exact_match_unseen"}
+
+
+def polymodal_cli(*args: str, stdin: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True, env=env,
+                          input=stdin, timeout=120)
+
+
+def test_cli_ask_and_an_interactive_session(trained, colour_data):
+    import json
+
+    entry = next(e for e in json.loads(colour_data.read_text()) if e["split"] == "test")
+    image = str(colour_data.parent / entry["image"])
+    done = polymodal_cli("chat", image, "--model", str(trained), "--ask", COLOUR_QUESTION)
+    assert done.returncode == 0, done.stderr
+    expected = load_chat_model(trained).chat(Image.open(image), [{"role": "user", "content": COLOUR_QUESTION}])
+    assert done.stdout.strip() == expected
+    talk = f"{COLOUR_QUESTION}\n/reset\n{COLOUR_QUESTION}\n"
+    session = polymodal_cli("chat", image, "--model", str(trained), stdin=talk)
+    assert session.returncode == 0, session.stderr
+    assert session.stdout.count(expected) == 2 and "new conversation" in session.stdout
+
+
+def test_cli_bad_input_is_one_clear_line(trained, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    as_pil(pictures(1)[0]).save(tmp_path / "ok.png")
+    cases = {
+        "missing.png": ([str(tmp_path / "missing.png"), "--ask", "what?"], "missing.png"),
+        "unreadable": ([str(tmp_path / "broken.png"), "--ask", "what?"], "broken.png"),
+        "empty question": ([str(tmp_path / "ok.png"), "--ask", "  "], "question is empty"),
+        "over-long": ([str(tmp_path / "ok.png"), "--ask", "red " * 400], "too long"),
+    }
+    for name, (args, says) in cases.items():
+        done = polymodal_cli("chat", *args, "--model", str(trained))
+        assert done.returncode != 0, name
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0] and "Traceback" not in done.stderr, (name, done.stderr)

@@ -226,12 +226,17 @@ def demo_cmd(
 
 
 # Each feature area keeps its commands in its own module; they import their libraries lazily.
+from .chat_cli import chat_cmd, chat_eval_cmd, chat_train_cmd, data_questions  # noqa: E402  (image-grounded chat)
 from .cli_export import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
 from .generative_cli import caption_app  # noqa: E402  (captioning)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
 
 data_app.command("sort-of-clevr")(sort_of_clevr)
+data_app.command("questions")(data_questions)
+app.command("chat")(chat_cmd)
+app.command("chat-train")(chat_train_cmd)
+app.command("chat-eval")(chat_eval_cmd)
 app.add_typer(export_app, name="export")
 app.add_typer(lora_app, name="lora")
 app.add_typer(index_app, name="index")

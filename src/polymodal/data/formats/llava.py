@@ -15,6 +15,7 @@ from ..schema import DataError, Record, SkipLog
 from .coco import read_json_file
 
 ROLES = ("human", "gpt")
+IMAGE_TOKEN = "<image>"
 
 
 def looks_like_llava(path: Path) -> bool:
@@ -55,3 +56,10 @@ def _entry_problem(entry) -> str | None:
     if len(turns) % 2:
         return "the last turn is a question without an answer"
     return None
+
+
+def llava_to_messages(turns: list[dict]) -> list[dict]:
+    """LLaVA turns -> chat messages (`{"role": "user" | "assistant", "content"}`), the `<image>`
+    placeholder taken out of the text (the chat template puts the image first itself)."""
+    return [{"role": "user" if t["from"] == "human" else "assistant",
+             "content": t["value"].replace(IMAGE_TOKEN, "").strip()} for t in turns]

@@ -64,6 +64,7 @@ class ChatConfig:
     heads: int = 4
     vocab_size: int = 512  # upper bound for the tokenizer trained on the dataset's text
     context_length: int = 160  # LM positions: image tokens + the conversation's tokens
+    merge: int = 2  # each merge x merge block of regions becomes one LM token (fewer tokens, same detail)
     language_model: str | None = None  # a local Hugging Face causal-LM directory instead of building one
 
     def to_dict(self) -> dict:
@@ -149,9 +150,18 @@ def load_user_language_model(directory: str | Path):
     return AutoModelForCausalLM.from_pretrained(directory), HFTokenizer.from_file(str(directory / "tokenizer.json"))
 
 
-def _region_count(tower: nn.Module, cfg: ImageTowerConfig) -> int:
-    grid = getattr(tower, "grid", None)  # the CNN's output grid side
-    return grid * grid if grid else (cfg.image_size // cfg.patch_size) ** 2
+def _grid_side(tower: nn.Module, cfg: ImageTowerConfig) -> int:
+    return getattr(tower, "grid", None) or cfg.image_size // cfg.patch_size  # CNN: its output grid
+
+
+def merge_regions(tokens: torch.Tensor, side: int, merge: int) -> torch.Tensor:
+    """(B, side * side, C) region tokens -> (B, (side / merge) ** 2, merge * merge * C): each
+    merge x merge block concatenated into one token (the "pixel shuffle" of SmolVLM/Idefics3), so
+    the LM reads merge**2 fewer image tokens without losing what each region holds."""
+    b, _, c = tokens.shape
+    g = side // merge
+    blocks = tokens.reshape(b, g, merge, g, merge, c).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, m, m, C)
+    return blocks.reshape(b, g * g, merge * merge * c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,8 +205,12 @@ class ChatModel(nn.Module):
         self.normalize = ImageNormalize(config.image.mean, config.image.std)
         self.image_tower = build_image_tower(config.image)
         width, lm_width = self.image_tower.width, language_model.get_input_embeddings().embedding_dim
-        self.region_pos = nn.Parameter(torch.randn(1, _region_count(self.image_tower, config.image), width) * 0.02)
-        self.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, lm_width), nn.GELU(),
+        self.grid = _grid_side(self.image_tower, config.image)
+        if self.grid % config.merge:
+            raise ValueError(f"merge {config.merge} does not divide the image tower's {self.grid}x{self.grid} grid")
+        self.region_pos = nn.Parameter(torch.randn(1, self.grid ** 2, width) * 0.02)
+        merged = width * config.merge ** 2
+        self.projector = nn.Sequential(nn.LayerNorm(merged), nn.Linear(merged, lm_width), nn.GELU(),
                                        nn.Linear(lm_width, lm_width))
         self.ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
         lm_config = language_model.config
@@ -208,12 +222,12 @@ class ChatModel(nn.Module):
 
     @property
     def image_token_count(self) -> int:
-        return self.region_pos.shape[1]
+        return (self.grid // self.config.merge) ** 2
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, S, S) -> projected region tokens (B, P, D_lm)."""
-        tokens = self.image_tower(self.normalize(images.to(self.device))).tokens  # (B, P, C)
-        return self.projector(tokens + self.region_pos)
+        tokens = self.image_tower(self.normalize(images.to(self.device))).tokens  # (B, grid * grid, C)
+        return self.projector(merge_regions(tokens + self.region_pos, self.grid, self.config.merge))  # (B, P, D)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S); ids (B, L) rendered conversations, `<image>` first, right-padded with
