@@ -20,6 +20,7 @@ from polymodal.models.generative import GenerationConfig  # noqa: E402
 from polymodal.models.generative.captioner import create_captioner, save_captioner  # noqa: E402
 from polymodal.models.generative.chat import chat_loss, collate, create_chat_model, save_chat_model  # noqa: E402
 from polymodal.server.app import ServerConfig, create_app  # noqa: E402
+from polymodal.server.schemas import CAPTION_MAX_TOKENS  # noqa: E402
 
 TEXTS = ["a big red circle is to the left of a small blue square", "a green star", "what colour is the star ?",
          "how many circles are there ?", "green", "two", "describe the image ."]
@@ -103,7 +104,7 @@ def test_captions_equal_the_model_s_own(built, caption_server):
     files = built[3][:3]
     response = client.post("/caption", files=[upload(p) for p in files])
     assert response.status_code == 200, response.text
-    expected = captioner.caption([Image.open(p) for p in files])
+    expected = captioner.caption([Image.open(p) for p in files], GenerationConfig(max_new_tokens=CAPTION_MAX_TOKENS))
     assert response.json() == {"captions": [{"file": p.name, "caption": c} for p, c in zip(files, expected)]}
     assert all(expected)  # untrained, but words: the comparison is not of empty strings
 
@@ -122,7 +123,7 @@ def test_the_chat_model_captions_too(built, chat_server):
     client, model = chat_server
     path = built[3][0]
     caption = client.post("/caption", files=[upload(path)]).json()["captions"][0]["caption"]
-    assert caption == model.caption([Image.open(path)])[0]
+    assert caption == model.caption([Image.open(path)], GenerationConfig(max_new_tokens=CAPTION_MAX_TOKENS))[0]
 
 
 # -- /chat -----------------------------------------------------------------------------------------------
@@ -145,8 +146,9 @@ def test_the_chat_stream_concatenates_to_the_answer(built, chat_server, messages
 def test_chat_without_streaming_is_one_json_answer(built, chat_server):
     client, model = chat_server
     path, messages = built[3][2], ask("how many circles are there ?")
-    response = client.post("/chat", json={"image": b64(path), "messages": messages, "stream": False})
-    assert response.status_code == 200 and response.json() == {"answer": model.chat(Image.open(path), messages)}
+    response = client.post("/chat", json={"image": b64(path), "messages": messages, "stream": False, "max_tokens": 20})
+    expected = model.chat(Image.open(path), messages, GenerationConfig(max_new_tokens=20))
+    assert response.status_code == 200 and response.json() == {"answer": expected}
 
 
 # -- bad input ---------------------------------------------------------------------------------------

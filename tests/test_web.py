@@ -1,5 +1,8 @@
-"""The search page in headless Chromium (Playwright driving the system's /usr/bin/chromium)."""
+"""The search page in headless Chromium (Playwright driving the system's /usr/bin/chromium): the
+search, and the chat panel (a streamed answer, a follow-up, a caption of a search result, bad
+input shown as one error line)."""
 
+import json
 import shutil
 import socket
 import threading
@@ -14,27 +17,20 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.slow  # a server and a real browser (make test-fast skips it)
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory, shapes_dir):
+def serve_in_thread(app):
+    """Run `app` under uvicorn on a free port until the generator is closed; yields its base URL
+    once /health says ready (the models and the index load in the background)."""
     uvicorn = pytest.importorskip("uvicorn")
-    from polymodal.index import BuildConfig, build_index
-    from polymodal.server.app import ServerConfig, create_app
-
-    root = tmp_path_factory.mktemp("web")
-    model_dir = make_model(root / "model")
-    images = make_collection(root / "images", shapes_dir, n=12)
-    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServerConfig(index=str(root / "idx"))), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    while not ready(port) and time.time() < deadline:  # the model and index load in the background
+    while not ready(port) and time.time() < deadline:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
@@ -49,26 +45,170 @@ def ready(port: int) -> bool:
         return False
 
 
-def test_type_a_query_and_see_result_images(server_url):
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, shapes_dir):
+    from polymodal.index import BuildConfig, build_index
+
+    root = tmp_path_factory.mktemp("web")
+    model_dir = make_model(root / "model")
+    images = make_collection(root / "images", shapes_dir, n=12)
+    build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
+    return root / "idx"
+
+
+@pytest.fixture(scope="module")
+def server_url(index_dir):
+    from polymodal.server.app import ServerConfig, create_app
+
+    yield from serve_in_thread(create_app(ServerConfig(index=str(index_dir))))
+
+
+@pytest.fixture(scope="module")
+def chat_server(index_dir):
+    """A server with a tiny chat model (it captions too) beside the index: (URL, the model)."""
+    pytest.importorskip("torch").manual_seed(0)
+    from test_server_generate import briefly_trained_chat_model
+
+    from polymodal.server.app import ServerConfig, create_app
+
+    model = briefly_trained_chat_model()
+    for url in serve_in_thread(create_app(ServerConfig(index=str(index_dir)), generator=PacedChat(model))):
+        yield url, model
+
+
+class PacedChat:
+    """The chat model with a pause before each streamed piece: a tiny model decodes so fast that
+    its pieces could reach the page in one network read, and the page would show them at once."""
+
+    def __init__(self, model):
+        self.model, self.caption, self.chat = model, model.caption, model.chat
+
+    def chat_stream(self, image, messages, config=None):
+        for piece in self.model.chat_stream(image, messages, config):
+            time.sleep(0.03)
+            yield piece
+
+
+@pytest.fixture
+def page():
     playwright = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():  # `make install` installs it; only a machine without apt lacks it
         reason = "apt-get install chromium failed (not root?)" if shutil.which("apt-get") else "no apt-get here"
         pytest.skip(f"{CHROMIUM} is missing and `make install` could not install it: {reason}")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(server_url)
-        page.fill("#k", "6")
-        page.fill("#query", "a small red circle")
-        page.press("#query", "Enter")
-        page.wait_for_selector("#results figure >> nth=5")
-        images = page.locator("#results img")
-        assert images.count() == 6
-        # Every thumbnail really loaded (the server served the file), and each shows a score.
-        page.wait_for_function(
-            "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
-        captions = page.locator("#results figcaption").all_inner_texts()
-        scores = [float(c.split()[0]) for c in captions]
-        assert scores == sorted(scores, reverse=True)
-        assert "6 results" in page.inner_text("#status")
+        yield browser.new_page()
         browser.close()
+
+
+def test_type_a_query_and_see_result_images(server_url, page):
+    page.goto(server_url)
+    page.fill("#k", "6")
+    page.fill("#query", "a small red circle")
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results figure >> nth=5")
+    images = page.locator("#results img")
+    assert images.count() == 6
+    # Every thumbnail really loaded (the server served the file), and each shows a score.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+    captions = page.locator("#results figcaption").all_inner_texts()
+    scores = [float(c.split()[0]) for c in captions]
+    assert scores == sorted(scores, reverse=True)
+    assert "6 results" in page.inner_text("#status")
+
+
+# Records every text the newest answer shows, in order: the test sees whether it grew piece by piece.
+RECORD_ANSWER = """() => {
+  window.answerTexts = [];
+  new MutationObserver(() => {
+    const turns = document.querySelectorAll('#chat-log .turn.assistant');
+    if (turns.length) window.answerTexts.push(turns[turns.length - 1].textContent);
+  }).observe(document.querySelector('#chat-log'), {childList: true, subtree: true, characterData: true});
+}"""
+ANSWERED = ("n => document.querySelectorAll('#chat-log .turn.assistant').length === n && "
+            "document.querySelector('#chat-status').textContent === ''")
+
+
+def server_settings(route_default: str):
+    """The generation settings the page's requests get: the route's defaults."""
+    from polymodal.models.generative import GenerationConfig
+    from polymodal.server import schemas
+
+    if route_default == "chat":
+        return GenerationConfig(max_new_tokens=schemas.ChatRequest.model_fields["max_tokens"].default)
+    return GenerationConfig(max_new_tokens=schemas.CAPTION_MAX_TOKENS)
+
+
+def ask(page, question: str) -> None:
+    page.fill("#question", question)
+    page.press("#question", "Enter")
+
+
+def test_chat_panel_streams_the_answer_and_keeps_the_conversation(chat_server, index_dir, page):
+    from PIL import Image
+
+    url, model = chat_server
+    picture = sorted((index_dir.parent / "images").glob("test-*.png"))[0]
+    page.goto(url)
+    page.set_input_files("#chat-file", str(picture))
+    page.evaluate(RECORD_ANSWER)
+    ask(page, "what colour is the star ?")
+    page.wait_for_function(ANSWERED, arg=1)
+    conversation = [{"role": "user", "content": "what colour is the star ?"}]
+    first = model.chat(Image.open(picture), conversation, server_settings("chat"))
+    assert page.inner_text("#chat-log .turn.assistant") == first
+    shown = page.evaluate("window.answerTexts")
+    assert len(set(shown)) > 2 and shown[-1] == first  # the answer grew piece by piece
+    # The follow-up is sent with the conversation so far: the answer is the model's to all of it.
+    ask(page, "how many circles are there ?")
+    page.wait_for_function(ANSWERED, arg=2)
+    conversation += [{"role": "assistant", "content": first},
+                     {"role": "user", "content": "how many circles are there ?"}]
+    answers = page.locator("#chat-log .turn.assistant").all_inner_texts()
+    assert answers == [first, model.chat(Image.open(picture), conversation, server_settings("chat"))]
+    assert page.locator("#chat-log .turn.user").all_inner_texts() == [conversation[0]["content"],
+                                                                      conversation[2]["content"]]
+    page.click("#chat-reset")
+    assert page.locator("#chat-log .turn").count() == 0
+
+
+def top_hit(url: str, text: str) -> dict:
+    request = urllib.request.Request(url + "search", data=json.dumps({"text": text, "k": 1}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["hits"][0]
+
+
+def test_chat_panel_captions_a_search_result(chat_server, page):
+    from PIL import Image
+
+    url, model = chat_server
+    page.goto(url)
+    ask_search = "a small red circle"
+    page.fill("#query", ask_search)
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results figure")
+    page.locator("#results figure button").first.click()  # "ask" under the best result
+    page.wait_for_function("document.querySelector('#chat-image').naturalWidth > 0")
+    page.click("#caption-button")
+    page.wait_for_selector("#chat-log .turn.caption")
+    expected = model.caption([Image.open(top_hit(url, ask_search)["path"])], server_settings("caption"))[0]
+    assert expected and page.inner_text("#chat-log .turn.caption") == expected
+
+
+def test_chat_panel_shows_bad_input_as_one_error_line(chat_server, index_dir, tmp_path, page):
+    url, _ = chat_server
+    page.goto(url)
+    ask(page, "what colour is the star ?")  # no image yet
+    page.wait_for_selector("#chat-status.error")
+    assert page.inner_text("#chat-status").startswith("no image")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_bytes(b"hello, not an image")
+    for picture, question, reason in [(not_an_image, "what colour is the star ?", "not a readable image"),
+                                      (sorted((index_dir.parent / "images").glob("*.png"))[0], "   ", "empty text")]:
+        page.set_input_files("#chat-file", str(picture))
+        ask(page, question)
+        page.wait_for_function(f"document.querySelector('#chat-status').textContent.includes('{reason}')")
+        assert page.get_attribute("#chat-status", "class") == "error" and "\n" not in page.inner_text("#chat-status")
+    assert page.locator("#chat-log .turn").count() == 0  # a refused question is not kept

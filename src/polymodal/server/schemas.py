@@ -166,6 +166,7 @@ def knn_request_for(dim: int) -> type[KnnRequest]:
 # -- generation: /caption and /chat ------------------------------------------------------------------
 
 MAX_NEW_TOKENS = 256  # the most tokens one caption or answer may ask for
+CAPTION_MAX_TOKENS = 32  # /caption's default
 MAX_TURNS = 64
 MAX_TURN_CHARS = 4000
 

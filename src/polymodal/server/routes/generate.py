@@ -67,7 +67,7 @@ def build_router(max_images: int) -> APIRouter:
 
     @router.post("/caption", response_model=schemas.CaptionResponse, responses=BAD_UPLOAD, openapi_extra=IMAGE_PART)
     async def caption(request: Request, file: list[UploadFile] = files,
-                      max_tokens: int = Form(32, ge=1, le=schemas.MAX_NEW_TOKENS),
+                      max_tokens: int = Form(schemas.CAPTION_MAX_TOKENS, ge=1, le=schemas.MAX_NEW_TOKENS),
                       beam: int = Form(1, ge=1, le=MAX_BEAMS, description="Beams (1: greedy)."),
                       eng: Engine = Depends(ready_engine)):
         """Image uploads -> a caption each (greedy, or beam search with `beam` > 1)."""
