@@ -87,10 +87,11 @@ def summary(splits: dict) -> dict:
     `test_unseen`, relational / non-relational over the test split's questions."""
     test, unseen = splits.get("test") or {}, splits.get("test_unseen") or {}
     wording = (test.get("questions") or {}).get("by_wording", {})
-    heldout = [v for k, v in wording.items() if k != "train" and v is not None]
+    heldout = [v for k, v in wording.items() if k.startswith("heldout") and v is not None]
     return {
         "exact_match_train_wording": wording.get("train"),
         "exact_match_heldout": min(heldout) if heldout else None,  # the weaker held-out wording
+        "exact_match_by_wording": wording,
         "followup_accuracy": (test.get("conversations") or {}).get("followup"),
         "exact_match_unseen": (unseen.get("questions") or {}).get("exact_match"),
         "relational": (test.get("questions") or {}).get("relational"),

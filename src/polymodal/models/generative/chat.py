@@ -337,6 +337,8 @@ class ChatModel(nn.Module):
             for step in stream(lm, [prompt], self.generation_config(config, [prompt])):
                 tokens += step[0]
                 text = self.decode(tokens)
+                if text.endswith("\ufffd"):  # a byte-level tokenizer's half character: wait for the rest
+                    continue
                 if text.startswith(sent) and len(text) > len(sent):  # a piece is sent once it is final text
                     yield text[len(sent):]
                     sent = text
