@@ -197,10 +197,14 @@ class BoundDecoder:
         return cache.select(index)
 
 
-def causal_mask(attention_mask, b: int, t: int, past: int, device) -> torch.Tensor:
+def causal_mask(attention_mask, b: int, t: int, past: int, device) -> torch.Tensor | None:
     """(B, 1, T, T_past + T) booleans: query i sees key j when j is at or before it and is not
     padding; every query sees itself, so a padding query gets a defined (ignored) output
-    instead of a softmax over nothing (NaN)."""
+    instead of a softmax over nothing (NaN). None when a single new token sees every key (a
+    cached decoding step without padding): attention then needs no mask, and building one is
+    a good part of a small model's step."""
+    if t == 1 and (attention_mask is None or bool(attention_mask.all())):
+        return None
     total = past + t
     query_at = torch.arange(past, total, device=device)[:, None]  # (T, 1)
     key_at = torch.arange(total, device=device)[None, :]  # (1, T_past + T)

@@ -252,7 +252,9 @@ def _token_steps(model: CausalLM, prompts, config: GenerationConfig, generator) 
         mask = torch.cat([mask, torch.ones_like(feed)], 1)
 
 
-@torch.no_grad()  # here, not around the loop: a grad mode set across a `yield` leaks to the caller
+# here, not around the loop: a grad mode set across a `yield` leaks to the caller; inference
+# mode rather than no_grad, as it skips autograd's bookkeeping on every op of the step
+@torch.inference_mode()
 def _next(model: CausalLM, inputs: tuple, config: GenerationConfig, generator):
     logits, cache = model(*inputs)
     return next_tokens(logits[:, -1].float(), config, generator), cache
