@@ -171,23 +171,28 @@ def eval_cmd(
     max_images: int | None = typer.Option(None, help="Evaluate only the first N images of each split."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+    report: Path | None = typer.Option(None, help="Also write an HTML report here."),
 ):
-    """Evaluate retrieval (R@1/5/10, median rank), zero-shot accuracy and compositional probes."""
+    """Evaluate retrieval (R@1/5/10, median rank), zero-shot accuracy and compositional probes; a
+    captioner: fact precision/recall, CHAIR-i, BLEU-4, CIDEr-D and METEOR of its captions."""
     from . import load
     from .data import load_records
-    from .evaluate import evaluate
-    from .evaluate.run import print_results
+    from .evaluate.report import write_eval_report
+    from .evaluate.run import evaluate_model, print_results
 
     model = load(checkpoint)
     dataset = load_records(data, strict=strict)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    results = evaluate(model, dataset, splits=split or None, max_images=max_images, class_names=names)
+    captioned: dict = {}
+    results = evaluate_model(model, dataset, split or None, max_images, names, captioned=captioned)
     print_results(results)
     if len(dataset.skips):
         console.print(dataset.skips.summary())
     if json_out:
         write_json(json_out, results)
         console.print(f"metrics: {json_out}")
+    if report:
+        console.print(f"report: {write_eval_report(report, f'{checkpoint} on {data}', results, captioned)}")
 
 
 @app.command("similarity")

@@ -1,4 +1,4 @@
-"""`polymodal caption train | run | eval`: the captioner from the command line. Libraries (torch
+"""`polymodal caption train | run | eval | baseline`: the captioner from the command line. Libraries (torch
 above all) are imported when a command runs, so `polymodal --help` stays fast."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from rich.table import Table
 
 console = Console()
 errors = Console(stderr=True)
-caption_app = typer.Typer(no_args_is_help=True, help="Caption images: train a captioner, run it, score its facts.")
+caption_app = typer.Typer(no_args_is_help=True, help="Caption images: train a captioner, run it, score it "
+                          "(and the nearest-neighbour baseline).")
 
 
 @caption_app.command("train")
@@ -88,31 +89,65 @@ def caption_run(
 
 @caption_app.command("eval")
 def caption_eval(
-    data: Path = typer.Argument(..., help="ShapesWorld dataset (its scenes are the ground truth)."),
-    model: Path = typer.Option(..., help="Captioner checkpoint directory."),
+    data: Path = typer.Argument(..., help="Dataset with test/test_unseen images and their scenes (ShapesWorld) "
+                                          "or reference captions."),
+    model: str = typer.Option(..., help="Captioner: a checkpoint directory, hf:<repo id> or a Hugging Face "
+                                        "captioning model directory."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N images of each split."),
+    meteor: bool = typer.Option(True, help="Score METEOR (starts a Java process: about 10 s more)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
 ):
-    """Fact precision, fact recall and CHAIR-i of greedy captions on the test and test_unseen splits."""
+    """Fact precision, fact recall, CHAIR-i, BLEU-4, CIDEr-D and METEOR of greedy captions on the
+    test and test_unseen splits."""
+    from .backends import load_model
     from .data import DataError, load_records
     from .evaluate.captioning import evaluate_captioner
-    from .models.generative.captioner import load_captioner
+
+    captioner = load_model(model)
+    if not hasattr(captioner, "caption"):
+        raise DataError(f"{model}: not a captioning model (an aligned model embeds, it does not write captions)")
+    results = evaluate_captioner(captioner, load_records(data), limit=limit, meteor=meteor)
+    _report_scores(f"{model} on {data}", data, results, json_out)
+
+
+@caption_app.command("baseline")
+def caption_baseline(
+    data: Path = typer.Argument(..., help="Dataset with a train split of captioned images and test splits to score."),
+    aligned: str = typer.Option(..., help="Aligned model (a `polymodal train` checkpoint, hf:<id>, ...) whose "
+                                          "image space finds the nearest training image."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N images of each split."),
+    meteor: bool = typer.Option(True, help="Score METEOR (starts a Java process: about 10 s more)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+):
+    """Nearest-neighbour captioning: each test image gets the caption of its nearest training image
+    in ALIGNED's space, scored as `caption eval` scores a captioner."""
+    from . import load
+    from .data import DataError, load_records
+    from .evaluate.captioning import evaluate_captioner
+    from .evaluate.nn_captioning import NearestNeighbourCaptioner
+
+    records = load_records(data)
+    if not records.split("train").records:
+        raise DataError(f"{data}: no train split to take captions from")
+    baseline = NearestNeighbourCaptioner(load(aligned), records.split("train"), progress=True)
+    results = evaluate_captioner(baseline, records, limit=limit, meteor=meteor)
+    _report_scores(f"nearest-neighbour captions ({aligned}) on {data}", data, results, json_out)
+
+
+def _report_scores(title: str, data: Path, results: dict, json_out: Path | None) -> None:
+    """The table of `caption eval` and `caption baseline`."""
+    from .data import DataError
+    from .evaluate.captioning import CAPTION_COLUMNS, caption_rows
     from .utils import write_json
 
-    results = evaluate_captioner(load_captioner(model), load_records(data), limit=limit)
     if not results:
-        raise DataError(f"{data}: no test or test_unseen images with ShapesWorld scenes to score")
-    table = Table(title=f"{model} on {data}")
-    for column in ("split", "captions", "fact precision", "fact recall", "CHAIR-i", "unparsed spans"):
+        raise DataError(f"{data}: no test or test_unseen images with a scene or reference captions to score")
+    table = Table(title=title)
+    for column in ("split", "captions", *CAPTION_COLUMNS, "unparsed spans"):
         table.add_column(column)
-    for split, r in results.items():
-        table.add_row(split, str(r["captions"]), _fraction(r["fact_precision"]), _fraction(r["fact_recall"]),
-                      _fraction(r["chair_i"]), str(r["unparsed_spans"]))
+    for row in caption_rows(results):
+        table.add_row(*row)
     console.print(table)
     if json_out:
         write_json(json_out, results)
         console.print(f"metrics: {json_out}")
-
-
-def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -239,16 +239,45 @@ def _count_relations(counts: FactCounts, parsed: ParsedCaption, objects: Sequenc
                      grounding: dict) -> None:
     """Relation facts: each distinct stated one checked; a scene relation recalled when a true
     stated relation joins its two objects (either way round: "B right of A" is "A left of B")."""
-    stated = {(i, rel, j) if (i, j) <= (j, i) else (j, INVERSE[rel], i) for i, rel, j in parsed.relations}
     joined = set()
-    for i, rel, j in stated:
+    for i, rel, j in _distinct_relations(parsed):
         counts.stated["relation"] += 1
-        both = i in grounding and j in grounding and i != j
-        if both and relation(objects[grounding[i]], objects[grounding[j]]) == rel:
+        if _relation_holds(i, rel, j, objects, grounding):
             counts.correct["relation"] += 1
             joined |= {(grounding[i], grounding[j]), (grounding[j], grounding[i])}
     counts.scene["relation"] = len(scene_relations)
     counts.recalled["relation"] = sum((i, j) in joined for i, _, j in scene_relations)
+
+
+def _distinct_relations(parsed: ParsedCaption) -> set[tuple[int, str, int]]:
+    """Stated relations, each once whichever way round it was said."""
+    return {(i, rel, j) if (i, j) <= (j, i) else (j, INVERSE[rel], i) for i, rel, j in parsed.relations}
+
+
+def _relation_holds(i: int, rel: str, j: int, objects: Sequence[dict], grounding: dict) -> bool:
+    both = i in grounding and j in grounding and i != j
+    return both and relation(objects[grounding[i]], objects[grounding[j]]) == rel
+
+
+def stated_facts(caption: str, attributes: dict) -> list[tuple[str, str, bool]]:
+    """Each fact a caption states, as (kind, its words, true?), the ones `score_caption` counts:
+    "a red circle left of a square" -> ("object", "circle", True), ("colour", "red circle", False),
+    ("object", "square", True), ("relation", "red circle left of square", True)."""
+    parsed = parse_caption(caption)
+    objects = attributes["objects"]
+    grounding = ground(parsed.mentions, objects)
+    words = [" ".join(w for w in (m.size, m.colour, m.shape) if w) for m in parsed.mentions]
+    facts = []
+    for m, mention in enumerate(parsed.mentions):
+        obj = objects[grounding[m]] if m in grounding else None
+        facts.append(("object", mention.shape, obj is not None))
+        for attr in ("colour", "size"):
+            said = getattr(mention, attr)
+            if said is not None:
+                facts.append((attr, f"{said} {mention.shape}", obj is not None and obj[attr] == said))
+    facts += [("relation", f"{words[i]} {rel} {words[j]}", _relation_holds(i, rel, j, objects, grounding))
+              for i, rel, j in sorted(_distinct_relations(parsed))]
+    return facts
 
 
 def score_caption(caption: str, attributes: dict) -> FactCounts:

@@ -1,4 +1,5 @@
-"""The HTML report: metrics, text-to-image search results, a similarity heat-map, the loss curve.
+"""The HTML report: metrics, text-to-image search results, a similarity heat-map, the loss curve;
+for a captioner, its caption metrics and example images with their captions, facts marked.
 
 One self-contained file (figures are embedded PNGs), so it can be mailed or archived as is.
 """
@@ -18,8 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from jinja2 import Template  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..utils import atomic_path  # noqa: E402
+from .caption_facts import stated_facts  # noqa: E402
+from .captioning import CAPTION_COLUMNS, CaptionedSplit, caption_rows  # noqa: E402
 from .run import summary_lines  # noqa: E402
 
 TEMPLATE = Template("""<!doctype html>
@@ -34,6 +38,9 @@ TEMPLATE = Template("""<!doctype html>
  .grid img.hit { border-color: #2a2; } .grid img.miss { border-color: #c33; }
  .note { color: #666; font-size: .9rem; }
  tr.hit td:nth-child(4) { color: #2a2; font-weight: bold; } tr.miss td:nth-child(6) { color: #c33; font-weight: bold; }
+ table.captions td { text-align: left; vertical-align: top; } table.captions ul { margin: 0; padding-left: 1rem; }
+ .fact { display: inline-block; margin: .1rem; padding: 0 .3rem; border-radius: 3px; font-size: .8rem; }
+ .fact.true { background: #dfd; color: #161; } .fact.false { background: #fdd; color: #a11; }
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="note">{{ subtitle }}</p>
@@ -52,6 +59,13 @@ similarity for each; green: the true caption scores higher.</p>
 <table class="probes"><tr><th>family</th><th>image</th><th>true caption</th><th>score</th><th>changed caption</th><th>score</th></tr>
 {% for p in probes %}<tr class="{{ p.cls }}"><td>{{ p.family }}</td><td><img src="data:image/png;base64,{{ p.png }}" style="width:64px;image-rendering:pixelated"></td>
 <td style="text-align:left">{{ p.true }}</td><td>{{ '%.3f' % p.true_score }}</td><td style="text-align:left">{{ p.false }}</td><td>{{ '%.3f' % p.false_score }}</td></tr>{% endfor %}</table>{% endif %}
+{% if captions %}<h2>Captions</h2>
+<p class="note">The first images of each split with the model's caption and the reference captions; each fact the caption
+states, checked against the scene: green true, red false.</p>
+<table class="captions"><tr><th>split</th><th>image</th><th>generated caption</th><th>facts</th><th>reference captions</th></tr>
+{% for c in captions %}<tr><td>{{ c.split|e }}</td><td><img src="data:image/png;base64,{{ c.png }}" style="width:96px;image-rendering:pixelated"></td>
+<td>{{ c.caption|e }}</td><td>{% if c.facts is none %}<span class="note">no scene</span>{% else %}{% for kind, words, ok in c.facts %}<span class="fact {{ 'true' if ok else 'false' }}" title="{{ kind }}">{{ '&#10003;' if ok else '&#10007;' }} {{ words|e }}</span>{% endfor %}{% endif %}</td>
+<td><ul>{% for ref in c.references %}<li>{{ ref|e }}</li>{% endfor %}</ul></td></tr>{% endfor %}</table>{% endif %}
 {% for fig in figures %}<h2>{{ fig.title }}</h2><img src="data:image/png;base64,{{ fig.png }}" style="max-width:100%">{% endfor %}
 </body></html>
 """)
@@ -68,6 +82,9 @@ def png_b64(fig_or_image) -> str:
 
 
 def metrics_table(results: dict) -> str:
+    """The retrieval table, or the caption table for a captioner's results."""
+    if caption_rows(results):
+        return caption_table(results)
     rows = ["<table><tr><th>split</th><th>images</th><th>t&rarr;i R@1</th><th>R@5</th><th>R@10</th><th>median rank</th>"
             "<th>i&rarr;t R@1</th><th>R@5</th><th>R@10</th></tr>"]
     for split, r in results.items():
@@ -78,6 +95,24 @@ def metrics_table(results: dict) -> str:
                  *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(rows) + "</table>"
+
+
+def caption_table(results: dict) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("split", "captions", *CAPTION_COLUMNS, "unparsed spans"))
+    rows = ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in caption_rows(results)]
+    return f"<table class=\"caption-metrics\"><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
+
+
+def caption_examples(captioned: dict[str, CaptionedSplit], per_split: int = 4) -> list[dict]:
+    """Rows of the report's caption table: the first images of each split, with their caption,
+    references and stated facts (None where the record has no scene)."""
+    rows = []
+    for split, done in captioned.items():
+        for record, image, caption in list(zip(done.records, done.images, done.captions))[:per_split]:
+            facts = stated_facts(caption, record.attributes) if "objects" in record.attributes else None
+            rows.append({"split": split, "png": png_b64(Image.fromarray(image.permute(1, 2, 0).numpy())),
+                         "caption": caption, "facts": facts, "references": record.text})
+    return rows
 
 
 def loss_curve(metrics_csv: Path):
@@ -122,10 +157,18 @@ def similarity_heatmap(sims: torch.Tensor, captions: list[str], thumbs: list):
 
 
 def write_report(path: Path, title: str, subtitle: str, results: dict, queries: list[dict], figures: list[dict],
-                 probes: list[dict] | None = None) -> Path:
-    """`probes`: rows of the probe-pair table (family, png, true, true_score, false, false_score, cls)."""
+                 probes: list[dict] | None = None, captions: list[dict] | None = None) -> Path:
+    """`probes`: rows of the probe-pair table (family, png, true, true_score, false, false_score, cls);
+    `captions`: rows of the caption table (`caption_examples`)."""
     page = TEMPLATE.render(title=title, subtitle=subtitle, metrics_table=metrics_table(results),
-                           extra_lines=summary_lines(results), queries=queries, figures=figures, probes=probes)
+                           extra_lines=summary_lines(results), queries=queries, figures=figures, probes=probes,
+                           captions=captions)
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
+
+
+def write_eval_report(path: Path, title: str, results: dict, captioned: dict[str, CaptionedSplit] | None = None) -> Path:
+    """The report of `polymodal eval`: the metrics, and for a captioner example captions."""
+    subtitle = "caption metrics and example captions" if captioned else "retrieval and probe metrics"
+    return write_report(path, html.escape(title), subtitle, results, [], [], captions=caption_examples(captioned or {}))

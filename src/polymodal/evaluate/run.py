@@ -1,5 +1,6 @@
-"""Evaluate an aligned model on the splits of a dataset: retrieval for every dataset, and what the
-dataset's kind adds (ShapesWorld: attribute zero-shot and compositional probes)."""
+"""Evaluate a model on the splits of a dataset. An aligned model: retrieval for every dataset, and
+what the dataset's kind adds (ShapesWorld: attribute zero-shot and compositional probes). A
+captioner: its captions' facts and reference metrics (`captioning.evaluate_captioner`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
+from .captioning import CAPTION_COLUMNS, EVAL_SPLITS, caption_rows, evaluate_captioner
 from .probes import run_probes, run_winoground
 from .retrieval import retrieval_metrics
 from .zeroshot import attribute_zero_shot, zero_shot_accuracy
@@ -91,17 +93,37 @@ def _kind_metrics(model, emb: SplitEmbeddings, class_names: list[str] | None) ->
     return out
 
 
+def checked_splits(data: RecordSet, splits: list[str] | None) -> list[str]:
+    """`splits`, each present in `data`; by default test and test_unseen where present, else all."""
+    available = data.splits
+    if not splits:
+        splits = [s for s in EVAL_SPLITS if s in available] or list(available)
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise DataError(f"{data.root}: no split {', '.join(missing)} (has: {', '.join(available)})")
+    return splits
+
+
+def evaluate_model(model, data: RecordSet, splits: list[str] | None = None, max_images: int | None = None,
+                   class_names: list[str] | None = None, progress: bool = True,
+                   captioned: dict | None = None) -> dict[str, dict]:
+    """What `polymodal eval` runs: `evaluate_captioner` for a captioner (a model with `caption`;
+    pass a dict as `captioned` to get each split's captions back), `evaluate` for an aligned model."""
+    if not hasattr(model, "caption"):
+        return evaluate(model, data, splits, max_images, class_names, progress)
+    splits = checked_splits(data, splits)
+    results = evaluate_captioner(model, data, splits, max_images, progress, captioned=captioned)
+    if not results:
+        raise DataError(f"{data.root}: no images with a scene or reference captions in {', '.join(splits)}")
+    return results
+
+
 def evaluate(model, data: RecordSet, splits: list[str] | None = None, max_images: int | None = None,
              class_names: list[str] | None = None, progress: bool = True,
              embeddings: dict[str, SplitEmbeddings] | None = None) -> dict[str, dict]:
     """Metrics per split. Default splits: test and test_unseen where present, else all records.
     Pass a dict as `embeddings` to get each split's SplitEmbeddings back."""
-    available = data.splits
-    if splits is None:
-        splits = [s for s in ("test", "test_unseen") if s in available] or list(available)
-    missing = [s for s in splits if s not in available]
-    if missing:
-        raise DataError(f"{data.root}: no split {', '.join(missing)} (has: {', '.join(available)})")
+    splits = checked_splits(data, splits)
     embeddings = {} if embeddings is None else embeddings
     results = {}
     for split in splits:
@@ -157,7 +179,7 @@ def summary_lines(results: dict) -> list[str]:
 
 
 def print_results(results: dict) -> None:
-    """The retrieval table, then one line per other metric, on the terminal."""
+    """The retrieval table (the caption table for a captioner), then one line per other metric."""
     from rich.console import Console
     from rich.table import Table
 
@@ -172,6 +194,15 @@ def print_results(results: dict) -> None:
         table.add_row(split, str(r["n_images"]),
                       *(f"{t[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{t['median_rank']:.0f}",
                       *(f"{i[k]:.3f}" for k in ("R@1", "R@5", "R@10")), f"{i['median_rank']:.0f}")
-    console.print(table)
+    if any("text_to_image" in r for r in results.values() if isinstance(r, dict)):
+        console.print(table)
+    rows = caption_rows(results)
+    if rows:
+        captions = Table(title="captions")
+        for col in ("split", "captions", *CAPTION_COLUMNS, "unparsed spans"):
+            captions.add_column(col, justify="right")
+        for row in rows:
+            captions.add_row(*row)
+        console.print(captions)
     for line in summary_lines(results):
         console.print(line, highlight=False)
