@@ -4,6 +4,7 @@ beside the index (`--generator`), and every bad input is a 4xx with a one-line r
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -149,6 +150,36 @@ def test_chat_without_streaming_is_one_json_answer(built, chat_server):
     response = client.post("/chat", json={"image": b64(path), "messages": messages, "stream": False, "max_tokens": 20})
     expected = model.chat(Image.open(path), messages, GenerationConfig(max_new_tokens=20))
     assert response.status_code == 200 and response.json() == {"answer": expected}
+
+
+def test_a_client_that_leaves_mid_answer_stops_the_decoding(built):
+    """Under uvicorn (TestClient reads a stream whole): the generator is closed on the inference
+    thread once the client has gone, well before the answer's end, and the server goes on."""
+    httpx = pytest.importorskip("httpx")
+    from test_web import PacedChat, serve_in_thread
+
+    root, index, model, paths = built
+    chat = polymodal.load(root / "chat")
+    messages = ask("what colour is the star ?")
+    pieces = list(chat.chat_stream(Image.open(paths[0]), messages))
+    decoded, closed, closed_on = [], threading.Event(), []
+
+    class Watched(PacedChat):
+        def chat_stream(self, image, messages, config=None):
+            try:
+                for piece in super().chat_stream(image, messages, config):
+                    decoded.append(piece)
+                    yield piece
+            finally:
+                closed_on.append(threading.current_thread().name)
+                closed.set()
+
+    for url in serve_in_thread(create_app(ServerConfig(index=str(index)), model=model, generator=Watched(chat))):
+        with httpx.stream("POST", url + "chat", json={"image": b64(paths[0]), "messages": messages}) as response:
+            assert next(response.iter_lines()) == f"data: {json.dumps(pieces[0])}"
+        assert closed.wait(10) and len(decoded) < len(pieces) > 3
+        assert closed_on[0].startswith("polymodal-inference")  # where the generator runs, not mid-step elsewhere
+        assert httpx.post(url + "search", json={"text": "a red circle", "k": 1}).status_code == 200
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 NO_GENERATOR = errors({404: "No generative model is loaded (serve --generator M), or it cannot do this "
                             "(a captioner does not chat)."})
 MAX_BEAMS = 8
+# Each uploaded file (FastAPI's own item schema, plus: an empty file is no image, as the one-file routes say).
+IMAGE_FILE = {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not buffer the stream
 
 
@@ -61,9 +63,8 @@ CHAT_RESPONSES = {
 def build_router(max_images: int) -> APIRouter:
     """/caption and /chat, taking at most `max_images` images per caption request."""
     router = APIRouter(responses=NO_GENERATOR)
-    files = File(..., min_length=1, max_length=max_images, description=f"Image files (any format Pillow reads), 1 to "
-                 f"{max_images}.", json_schema_extra={"items": {"type": "string", "contentMediaType":
-                                                                "application/octet-stream", "minLength": 1}})
+    files = File(..., min_length=1, max_length=max_images, json_schema_extra={"items": IMAGE_FILE},
+                 description=f"Image files (any format Pillow reads), 1 to {max_images}.")
 
     @router.post("/caption", response_model=schemas.CaptionResponse, responses=BAD_UPLOAD, openapi_extra=IMAGE_PART)
     async def caption(request: Request, file: list[UploadFile] = files,
