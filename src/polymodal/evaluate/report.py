@@ -38,7 +38,7 @@ TEMPLATE = Template("""<!doctype html>
  .grid img.hit { border-color: #2a2; } .grid img.miss { border-color: #c33; }
  .note { color: #666; font-size: .9rem; }
  tr.hit td:nth-child(4) { color: #2a2; font-weight: bold; } tr.miss td:nth-child(6) { color: #c33; font-weight: bold; }
- table.captions td { text-align: left; vertical-align: top; } table.captions ul { margin: 0; padding-left: 1rem; }
+ table.captions td, table.captions th { text-align: left; vertical-align: top; } table.captions ul { margin: 0; padding-left: 1rem; }
  .fact { display: inline-block; margin: .1rem; padding: 0 .3rem; border-radius: 3px; font-size: .8rem; }
  .fact.true { background: #dfd; color: #161; } .fact.false { background: #fdd; color: #a11; }
 </style></head><body>
