@@ -95,11 +95,11 @@ def test_a_short_training_run_states_far_more_true_facts_than_an_untrained_model
     data = load_records(shapes_dir)
     torch.manual_seed(0)
     untrained = create_captioner("shapes-captioner-tiny", [c for r in data.split("train").records for c in r.text])
-    before = evaluate_captioner(untrained, data, splits=("test",))["test"]
+    before = evaluate_captioner(untrained, data, splits=("test",), meteor=False)["test"]
     result = train_captioner(CaptionTrainConfig(str(shapes_dir), str(tmp_path / "cap"), model="shapes-captioner-tiny",
                                                 steps=600, batch_size=32, lr=5e-3, progress=False))
     assert result["steps"] == 600
-    after = evaluate_captioner(load_captioner(tmp_path / "cap"), data, splits=("test",))["test"]
+    after = evaluate_captioner(load_captioner(tmp_path / "cap"), data, splits=("test",), meteor=False)["test"]
     # untrained captions are random word pieces: few or no facts parse, so precision may be None
     # measured: 0.43 precision and recall after 600 steps (about 20 s on 2 cores), against none
     assert after["fact_precision"] > (before["fact_precision"] or 0.0) + 0.25
