@@ -54,10 +54,11 @@ def overfit(model: ChatModel, steps: int = 40) -> ChatModel:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["prefix", "cross"])
+def model(request):
+    """Both ways of reading the image: a prefix before the text (LLaVA), cross-attention (Flamingo)."""
     torch.manual_seed(0)
-    return overfit(create_chat_model("shapes-chat-tiny", TEXTS * 3))
+    return overfit(create_chat_model("shapes-chat-tiny", TEXTS * 3, connector=request.param))
 
 
 def test_forward_predicts_the_next_token_and_targets_only_the_assistant(model):
@@ -106,6 +107,8 @@ def test_answers_depend_on_the_image_and_chat_equals_its_stream_and_the_batch(mo
         assert len(pieces) >= 1 and "".join(pieces) == model.chat(image, question) == expected
     sampled = GenerationConfig(do_sample=True, seed=3, max_new_tokens=6)
     assert "".join(model.chat_stream(images[0], question, sampled)) == model.chat(images[0], question, sampled)
+    # beam search expands each row into beams: the image tokens follow the rows
+    assert model.answer(images, ["what colour is the circle?"] * 2, GenerationConfig(num_beams=3)) == batched
 
 
 def test_bad_conversations_are_one_clear_error(model):

@@ -65,6 +65,9 @@ class ChatConfig:
     vocab_size: int = 512  # upper bound for the tokenizer trained on the dataset's text
     context_length: int = 160  # LM positions: image tokens + the conversation's tokens
     merge: int = 2  # each merge x merge block of regions becomes one LM token (fewer tokens, same detail)
+    # how the LM reads the image: "prefix", projected tokens before the text (LLaVA), or "cross",
+    # every LM block cross-attending to them (Flamingo; GPT-2's own cross-attention layers)
+    connector: str = "prefix"
     language_model: str | None = None  # a local Hugging Face causal-LM directory instead of building one
 
     def to_dict(self) -> dict:
@@ -120,7 +123,9 @@ def build_language_model(config: ChatConfig, tok: HFTokenizer):
     if config.lm_type == "gpt2":
         hf = GPT2Config(vocab_size=vocab_size, n_positions=config.context_length, n_embd=config.width,
                         n_layer=config.layers, n_head=config.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        **ids)
+                        add_cross_attention=config.connector == "cross", **ids)
+    elif config.connector == "cross":
+        raise ValueError("connector 'cross' needs lm_type 'gpt2' (Llama has no cross-attention layers)")
     elif config.lm_type == "llama":
         hf = LlamaConfig(vocab_size=vocab_size, hidden_size=config.width, intermediate_size=4 * config.width,
                          num_hidden_layers=config.layers, num_attention_heads=config.heads,
@@ -195,6 +200,29 @@ class ImagePrefixedLM:
         return logits, getattr(out, self.hf.cache_arg)
 
     def reorder_cache(self, cache, index):
+        self.prefix = self.prefix.index_select(0, index)  # beam search: rows expanded and reordered
+        return self.hf.reorder_cache(cache, index)
+
+
+class ImageCrossLM:
+    """A `CausalLM` over an HF causal LM with cross-attention layers (GPT-2's `add_cross_attention`)
+    that reads the image's projected tokens (B, P, D) as its `encoder_hidden_states`."""
+
+    def __init__(self, language_model, image_tokens: torch.Tensor):
+        self.hf, self.image_tokens = HFCausalLM(language_model), image_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_tokens.device
+
+    def __call__(self, ids, attention_mask, positions, cache=None, use_cache=True):
+        out = self.hf.model(input_ids=ids, attention_mask=attention_mask.long(), position_ids=positions,
+                            encoder_hidden_states=self.image_tokens, use_cache=use_cache,
+                            **{self.hf.cache_arg: cache})
+        return out.logits, getattr(out, self.hf.cache_arg)
+
+    def reorder_cache(self, cache, index):
+        self.image_tokens = self.image_tokens.index_select(0, index)
         return self.hf.reorder_cache(cache, index)
 
 
@@ -224,6 +252,18 @@ class ChatModel(nn.Module):
     def image_token_count(self) -> int:
         return (self.grid // self.config.merge) ** 2
 
+    @property
+    def prefix_length(self) -> int:
+        """LM positions the image takes: its tokens as a prefix, none when cross-attended to."""
+        return self.image_token_count if self.config.connector == "prefix" else 0
+
+    def bind(self, images: torch.Tensor):
+        """The LM conditioned on `images` (B, 3, S, S), as decoding.py's `CausalLM`."""
+        image_tokens = self.image_prefix(images)  # (B, P, D)
+        if self.config.connector == "cross":
+            return ImageCrossLM(self.language_model, image_tokens)
+        return ImagePrefixedLM(self.language_model, image_tokens)
+
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, S, S) -> projected region tokens (B, P, D_lm)."""
         tokens = self.image_tower(self.normalize(images.to(self.device))).tokens  # (B, grid * grid, C)
@@ -235,6 +275,10 @@ class ChatModel(nn.Module):
         {"logits": (B, L-1, V), "targets": (B, L-1)}: each position predicts the next token."""
         ids, labels = ids.to(self.device), labels.to(self.device)
         prefix = self.image_prefix(images)  # (B, P, D)
+        if self.config.connector == "cross":  # `<image>` stays a token; the blocks attend to the image
+            logits = self.language_model(input_ids=ids, attention_mask=(ids != self.ids[PAD]).long(),
+                                         encoder_hidden_states=prefix, use_cache=False).logits
+            return {"logits": logits[:, :-1], "targets": labels[:, 1:]}
         b, p = prefix.shape[:2]
         embeds = torch.cat([prefix, self.language_model.get_input_embeddings()(ids[:, 1:])], 1)  # (B, P+L-1, D)
         mask = torch.cat([ids.new_ones(b, p), (ids[:, 1:] != self.ids[PAD]).long()], 1)
@@ -268,17 +312,18 @@ class ChatModel(nn.Module):
         return ids, labels
 
     def prompt(self, messages: Sequence[dict]) -> list[int]:
-        """The prompt ids that generation continues (the `<image>` placeholder left out: the
-        prefix takes its place), after checking the conversation fits the context."""
+        """The prompt ids that generation continues (the `<image>` placeholder left out where the
+        image prefix takes its place), after checking the conversation fits the context."""
         if not messages or messages[-1].get("role") != "user":
             raise ConversationError("the conversation must end with a user turn")
         if not str(messages[-1].get("content", "")).strip():
             raise ConversationError("the question is empty")
-        ids = self.render(messages, generation_prompt=True)[0][1:]
-        room = self.max_positions - self.image_token_count - len(ids)
+        ids = self.render(messages, generation_prompt=True)[0]
+        ids = ids[1:] if self.prefix_length else ids  # a prefix takes the placeholder's place
+        room = self.max_positions - self.prefix_length - len(ids)
         if room < 1:
             raise ConversationError(f"the conversation is too long: {len(ids)} tokens and "
-                                    f"{self.image_token_count} image tokens leave no room in the model's "
+                                    f"{self.prefix_length} image tokens leave no room in the model's "
                                     f"{self.max_positions} positions (start a new conversation)")
         return ids
 
@@ -294,7 +339,7 @@ class ChatModel(nn.Module):
     def generation_config(self, config: GenerationConfig | None, prompts: list[list[int]]) -> GenerationConfig:
         """`config` with <|end|> as a stop sequence and no more tokens than the context has room for."""
         config = config or GenerationConfig()
-        room = self.max_positions - self.image_token_count - max(len(p) for p in prompts)
+        room = self.max_positions - self.prefix_length - max(len(p) for p in prompts)
         return dataclasses.replace(config, pad_token_id=self.ids[PAD], max_new_tokens=min(config.max_new_tokens, room),
                                    stop_sequences=config.stop_sequences + ((self.ids[END],),))
 
@@ -312,7 +357,7 @@ class ChatModel(nn.Module):
         pixels, prompts = self.preprocess(images), [self.prompt(c) for c in conversations]
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            lm = ImagePrefixedLM(self.language_model, self.image_prefix(pixels[start:start + batch_size]))
+            lm = self.bind(pixels[start:start + batch_size])
             out += [self.decode(row) for row in generate(lm, batch, self.generation_config(config, batch)).tokens]
         self.train(was_training)
         return out
@@ -332,7 +377,7 @@ class ChatModel(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                lm = ImagePrefixedLM(self.language_model, self.image_prefix(self.preprocess([image])))
+                lm = self.bind(self.preprocess([image]))
             tokens, sent = [], ""
             for step in stream(lm, [prompt], self.generation_config(config, [prompt])):
                 tokens += step[0]
@@ -358,7 +403,7 @@ def chat_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def collate(model: ChatModel, conversations: Sequence[Sequence[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered conversations right-padded into (B, L) ids and labels (cut at the context's room)."""
     rendered = [model.render(c) for c in conversations]
-    limit = model.max_positions - model.image_token_count + 1
+    limit = model.max_positions - model.prefix_length + (1 if model.prefix_length else 0)
     length = min(max(len(ids) for ids, _ in rendered), limit)
     ids = torch.full((len(rendered), length), model.ids[PAD], dtype=torch.long)
     labels = torch.full((len(rendered), length), IGNORE, dtype=torch.long)
