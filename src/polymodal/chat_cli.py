@@ -90,11 +90,11 @@ def chat_train_cmd(
     data: Path = typer.Argument(..., help="Dataset with conversations/questions (polymodal data questions), "
                                 "Sort-of-CLEVR, or a LLaVA-style conversations JSON."),
     out: Path = typer.Option(..., help="Directory for the checkpoint."),
-    model: str = typer.Option("shapes-chat-small", help="Preset (shapes-chat-small, shapes-chat-tiny) or a JSON "
-                              "config file."),
+    model: str = typer.Option("shapes-chat-small", help="Preset (shapes-chat-small: cross-attention to the "
+                              "image; shapes-chat-prefix: LLaVA's prefix; shapes-chat-tiny) or a JSON config file."),
     language_model: Path | None = typer.Option(None, help="A local Hugging Face causal-LM directory to use as "
                                                "the language model (with its tokenizer.json)."),
-    stage1_steps: int = typer.Option(300, min=0, help="Stage 1 (captions) steps; 0 skips it."),
+    stage1_steps: int = typer.Option(1000, min=0, help="Stage 1 (captions) steps; 0 skips it."),
     stage2_steps: int = typer.Option(2000, min=1, help="Stage 2 (conversations) steps."),
     stage1_time: str | None = typer.Option(None, help="Stage 1 time budget (e.g. 5m): ends at steps or time."),
     stage2_time: str | None = typer.Option(None, help="Stage 2 time budget (e.g. 25m)."),

@@ -47,7 +47,7 @@ class ChatTrainConfig:
     out: str
     model: str = "shapes-chat-small"  # a preset name or a ChatConfig JSON file
     language_model: str | None = None  # a local Hugging Face causal-LM directory to use as the LM
-    stage1_steps: int = 300  # captions (skipped where the data has none)
+    stage1_steps: int = 1000  # captions (skipped where the data has none): grounds the image tokens
     stage2_steps: int = 2000  # conversations
     batch_size: int = 64
     lr: float = 2e-3
