@@ -74,8 +74,13 @@ class DualEncoder(EncoderInterface):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
         """The dict the contrastive losses take (see `polymodal.losses`)."""
+        return self.contrastive_outputs(self.image_features(images), text, negatives)
+
+    def contrastive_outputs(self, image_features: torch.Tensor, text: torch.Tensor,
+                            negatives: torch.Tensor | None = None) -> dict:
+        """`forward` from unit image features (B, E) already computed (CoCa runs its tower once)."""
         out = {
-            "image_features": self.image_features(images),  # (B, E)
+            "image_features": image_features,  # (B, E)
             "text_features": self.text_features(text),  # (B, E)
             "logit_scale": self.logit_scale.clamp(max=math.log(100)),
         }

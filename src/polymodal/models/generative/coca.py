@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,15 +52,8 @@ class CocaModel(nn.Module):
         the captioner's "logits" (B, L'-1, V) and "targets" (B, L'-1). The tower runs once."""
         aligned = self.aligned
         features = aligned.image_tower(aligned.normalize(images))
-        out = {
-            "image_features": F.normalize(aligned.image_proj(features.pooled), dim=-1),  # (B, E)
-            "text_features": aligned.text_features(text),  # (B, E)
-            "logit_scale": aligned.logit_scale.clamp(max=math.log(100)),
-        }
-        if negatives is not None:
-            out["negative_features"] = aligned.text_features(negatives)  # (M, E)
-        if aligned.logit_bias is not None:
-            out["logit_bias"] = aligned.logit_bias
+        image_features = F.normalize(aligned.image_proj(features.pooled), dim=-1)  # (B, E)
+        out = aligned.contrastive_outputs(image_features, text, negatives)
         if caption_ids is not None:
             out.update(self.captioner.caption_outputs(self.captioner.regions(features.tokens), caption_ids))
         return out
