@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
 from .engine import Engine
 from .responses import FastJSONResponse
@@ -22,6 +23,15 @@ async def ready_engine(request: Request) -> Engine:
         raise HTTPException(503, f"not ready: {eng.error or 'the model and index are loading'} (see /health)",
                             headers={"Retry-After": "1"})
     return eng
+
+
+async def refuse_empty_fields(request: Request, names: tuple[str, ...]) -> None:
+    """FastAPI reads an empty form field as absent (the default); the document says integer."""
+    form = await request.form()
+    empty = [name for name in names if form.get(name) == ""]
+    if empty:
+        raise RequestValidationError([{"type": "int_parsing", "loc": ("body", name), "input": "",
+                                       "msg": "an integer, not an empty field"} for name in empty])
 
 
 ITEM_FILE = "/items/{item_id}/file"  # the route of an item's file (routes/items.py)

@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from ...models.generative.chat import ConversationError
 from ...models.generative.decoding import GenerationConfig
 from .. import schemas
-from ..deps import ready_engine
+from ..deps import ready_engine, refuse_empty_fields
 from ..engine import Engine
 from ..responses import BAD_BODY, BAD_UPLOAD, errors
 from ..uploads import b64_bytes, check_size, decode_upload
@@ -117,15 +116,6 @@ def conversation_errors() -> Iterator[None]:
         yield
     except ConversationError as err:
         raise HTTPException(413, str(err)) from None
-
-
-async def refuse_empty_fields(request: Request, names: tuple[str, ...]) -> None:
-    """FastAPI reads an empty form field as absent (the default); the document says integer."""
-    form = await request.form()
-    empty = [name for name in names if form.get(name) == ""]
-    if empty:
-        raise RequestValidationError([{"type": "int_parsing", "loc": ("body", name), "input": "",
-                                       "msg": "an integer, not an empty field"} for name in empty])
 
 
 async def answer_events(eng: Engine, pieces: Iterator[str], first: str | None) -> AsyncIterator[bytes]:

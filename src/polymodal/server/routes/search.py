@@ -6,10 +6,10 @@ the event loop.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from .. import schemas
-from ..deps import ready_engine, search_answer
+from ..deps import ready_engine, refuse_empty_fields, search_answer
 from ..engine import Engine
 from ..responses import BAD_BODY, BAD_UPLOAD, NOT_READY
 from ..uploads import decode_upload, read_upload
@@ -37,8 +37,7 @@ async def search_text(body: schemas.SearchRequest, request: Request, eng: Engine
 async def search_image(request: Request, file: UploadFile = IMAGE, k: int = Form(10, ge=1, le=1000),
                        eng: Engine = Depends(ready_engine)):
     """Image upload -> similar images."""
-    if (await request.form()).get("k") == "":  # FastAPI reads an empty field as absent; the document says integer
-        raise HTTPException(422, "k: an integer from 1 to 1000, not an empty field")
+    await refuse_empty_fields(request, ("k",))
     answer = await eng.query("image", [await uploaded_image(request, file)], k=k)
     return search_answer(request, file.filename or "upload", answer.hits[0])
 
