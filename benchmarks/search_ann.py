@@ -11,6 +11,8 @@ queries, as the load of this shared machine drifts).
 
     .venv/bin/python benchmarks/search_ann.py --sizes 1000000              # about 30+ min on 2 cores
     .venv/bin/python benchmarks/search_ann.py --sizes 100000 --kinds ivfpq
+
+Its figures are written to benchmarks/results/search_ann.json (committed).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ same run: single-query p50/p99 latency, queries/s for batches of 100, recall@10 
 
 NumPy baseline: `x @ q` then `argpartition` (single query); `Q @ x.T`, then `argpartition` per row
 (batch). "faiss flat" is FAISS's own IndexFlatIP search, for reference.
+
+Its figures are written to benchmarks/results/search_exact.json (committed).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ peak memory (max RSS) of the build at several collection sizes.
 
 Each measurement runs in its own process (peak RSS is per process); encoder and pipeline runs
 alternate, and the medians are reported.
+
+Its figures are written to benchmarks/results/search_indexing.json (committed).
 """
 
 from __future__ import annotations

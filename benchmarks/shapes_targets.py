@@ -7,6 +7,8 @@ Trains three models under the same time budget on the same data:
   baseline    shapes-cnn-bow   (the same, with an order-blind bag-of-words text tower)
   LiT         shapes-cnn-minilm (the bundled all-MiniLM-L6-v2, locked, for the rephrasing test)
 and prints every target with the figure reached and the polymodal/baseline ratio.
+
+Its figures are written to benchmarks/results/shapes_targets.json (about 20 minutes; not yet committed).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@
 Every number is printed beside its target; everything is also in OUT/*/results.json and report.html.
 The parts can run in parallel processes (`--only target` in one, `--only late` then `--only dropout`
 in another, each with `--threads 1`); `--reuse` then prints the table from their results.
+
+Its figures are written to benchmarks/results/vqa_targets.json (about an hour; not yet committed).
 """
 
 from __future__ import annotations

@@ -155,7 +155,9 @@ class HFVisionLanguageModel(nn.Module):
         return cut_at_stop_string(text, stop)[0].strip()
 
     def caption_inputs(self, images: list[Image.Image]):
-        raise NotImplementedError
+        """The processor's inputs that ask for a caption of each image: each family says how
+        (BLIP: the images alone; chat models: a fixed prompt in their chat template)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to ask for a caption")
 
     def caption(self, images, config: GenerationConfig | None = None, stop: Sequence[str] = (),
                 batch_size: int = 16) -> list[str]:
