@@ -61,7 +61,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         data = {k: v for k, v in data.items() if k != "name"}
-        image = replace_fields(ImageTowerConfig(), _tuples(data.pop("image", {})))
+        image = image_tower_config(data.pop("image", {}))
         text = replace_fields(TextTowerConfig(), data.pop("text", {}))
         return replace_fields(cls(image=image, text=text), data)
 
@@ -78,8 +78,9 @@ def replace_fields(config, overrides: dict):
     return dataclasses.replace(config, **overrides)
 
 
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+def image_tower_config(data: dict) -> ImageTowerConfig:
+    """An ImageTowerConfig from its JSON form (lists back to tuples: mean, std)."""
+    return replace_fields(ImageTowerConfig(), {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 MODEL_CONFIGS: Registry[Path] = Registry("model")

@@ -32,7 +32,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ...config import ImageTowerConfig, replace_fields
+from ...config import ImageTowerConfig, image_tower_config, replace_fields
 from ...errors import CheckpointError
 from ...modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ...modalities.text import Tokenizer
@@ -61,8 +61,7 @@ class CaptionerConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CaptionerConfig:
         data = dict(data)
-        image = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("image", {}).items()}
-        return replace_fields(cls(image=replace_fields(ImageTowerConfig(), image)), data)
+        return replace_fields(cls(image=image_tower_config(data.pop("image", {}))), data)
 
 
 # Presets by name (the JSON-file presets in model_configs/ are the aligned models' registry).

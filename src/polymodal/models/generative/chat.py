@@ -37,7 +37,7 @@ from safetensors.torch import load_model, save_model
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, processors
 from torch import nn
 
-from ...config import ImageTowerConfig, replace_fields
+from ...config import ImageTowerConfig, image_tower_config, replace_fields
 from ...errors import CheckpointError
 from ...modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ...modalities.text import Tokenizer
@@ -76,8 +76,7 @@ class ChatConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ChatConfig:
         data = dict(data)
-        image = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("image", {}).items()}
-        return replace_fields(cls(image=replace_fields(ImageTowerConfig(), image)), data)
+        return replace_fields(cls(image=image_tower_config(data.pop("image", {}))), data)
 
 
 PRESETS = {
@@ -175,40 +174,9 @@ def merge_regions(tokens: torch.Tensor, side: int, merge: int) -> torch.Tensor:
 # The model
 
 
-class ImagePrefixedLM:
-    """A `CausalLM` (decoding.py's protocol) over an HF causal LM whose sequences start with the
-    image's projected tokens `prefix` (B, P, D): the first call embeds them before the prompt's
-    tokens; later calls find them in the cache. Masks and positions count them in."""
-
-    def __init__(self, language_model, prefix: torch.Tensor):
-        self.hf, self.prefix = HFCausalLM(language_model), prefix
-
-    @property
-    def device(self) -> torch.device:
-        return self.prefix.device
-
-    def __call__(self, ids, attention_mask, positions, cache=None, use_cache=True):
-        b, p = self.prefix.shape[:2]
-        mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1).long()  # (B, P + T_past + T)
-        positions = positions + p
-        inputs = {"input_ids": ids}
-        if cache is None:  # the first call: the image prefix goes in front
-            embeds = self.hf.model.get_input_embeddings()(ids)  # (B, T, D)
-            inputs = {"inputs_embeds": torch.cat([self.prefix.to(embeds.dtype), embeds], 1)}  # (B, P + T, D)
-            positions = torch.cat([torch.arange(p, device=ids.device).expand(b, p), positions], 1)
-        out = self.hf.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=use_cache,
-                            **{self.hf.cache_arg: cache})
-        logits = out.logits if cache is not None else out.logits[:, p:]  # (B, T, V): the prompt's own
-        return logits, getattr(out, self.hf.cache_arg)
-
-    def reorder_cache(self, cache, index):
-        self.prefix = self.prefix.index_select(0, index)  # beam search: rows expanded and reordered
-        return self.hf.reorder_cache(cache, index)
-
-
-class ImageCrossLM:
-    """A `CausalLM` over an HF causal LM with cross-attention layers (GPT-2's `add_cross_attention`)
-    that reads the image's projected tokens (B, P, D) as its `encoder_hidden_states`."""
+class ImageConditionedLM:
+    """A `CausalLM` (decoding.py's protocol) over an HF causal LM and one image's projected tokens
+    (B, P, D) per row; beam search's row reordering moves the image tokens with the cache."""
 
     def __init__(self, language_model, image_tokens: torch.Tensor):
         self.hf, self.image_tokens = HFCausalLM(language_model), image_tokens
@@ -217,15 +185,39 @@ class ImageCrossLM:
     def device(self) -> torch.device:
         return self.image_tokens.device
 
+    def reorder_cache(self, cache, index):
+        self.image_tokens = self.image_tokens.index_select(0, index)
+        return self.hf.reorder_cache(cache, index)
+
+
+class ImagePrefixedLM(ImageConditionedLM):
+    """Sequences start with the image tokens: the first call embeds them before the prompt's
+    tokens; later calls find them in the cache. Masks and positions count them in."""
+
+    def __call__(self, ids, attention_mask, positions, cache=None, use_cache=True):
+        b, p = self.image_tokens.shape[:2]
+        mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], 1).long()  # (B, P + T_past + T)
+        positions = positions + p
+        inputs = {"input_ids": ids}
+        if cache is None:  # the first call: the image prefix goes in front
+            embeds = self.hf.model.get_input_embeddings()(ids)  # (B, T, D)
+            inputs = {"inputs_embeds": torch.cat([self.image_tokens.to(embeds.dtype), embeds], 1)}  # (B, P + T, D)
+            positions = torch.cat([torch.arange(p, device=ids.device).expand(b, p), positions], 1)
+        out = self.hf.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=use_cache,
+                            **{self.hf.cache_arg: cache})
+        logits = out.logits if cache is not None else out.logits[:, p:]  # (B, T, V): the prompt's own
+        return logits, getattr(out, self.hf.cache_arg)
+
+
+class ImageCrossLM(ImageConditionedLM):
+    """An LM with cross-attention layers (GPT-2's `add_cross_attention`) reading the image
+    tokens as its `encoder_hidden_states`."""
+
     def __call__(self, ids, attention_mask, positions, cache=None, use_cache=True):
         out = self.hf.model(input_ids=ids, attention_mask=attention_mask.long(), position_ids=positions,
                             encoder_hidden_states=self.image_tokens, use_cache=use_cache,
                             **{self.hf.cache_arg: cache})
         return out.logits, getattr(out, self.hf.cache_arg)
-
-    def reorder_cache(self, cache, index):
-        self.image_tokens = self.image_tokens.index_select(0, index)
-        return self.hf.reorder_cache(cache, index)
 
 
 class ChatModel(nn.Module):
