@@ -16,6 +16,7 @@ from polymodal.models.generative.chat import (
     ASSISTANT,
     END,
     IGNORE,
+    SPECIAL_TOKENS,
     ChatModel,
     ConversationError,
     chat_loss,
@@ -43,27 +44,30 @@ def overfit(model: ChatModel, steps: int = 40) -> ChatModel:
     torch.manual_seed(0)
     talks = [[{"role": "user", "content": "what colour is the circle?"}, {"role": "assistant", "content": c}]
              for c in ("red circle", "blue")]
-    ids, labels = collate(model, talks)
+    batch = collate(model, talks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        loss = chat_loss(model(pictures(2), ids, labels))
+        loss = chat_loss(model(pictures(2), *batch))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["prefix", "cross"])
+@pytest.fixture(scope="module", params=["prefix", "cross", "cross+minilm"])
 def model(request):
-    """Both ways of reading the image: a prefix before the text (LLaVA), cross-attention (Flamingo)."""
+    """Both ways of reading the image: a prefix before the text (LLaVA), cross-attention (Flamingo);
+    and the user's turns read by the bundled MiniLM instead of the LM's own embeddings."""
     torch.manual_seed(0)
-    return overfit(create_chat_model("shapes-chat-tiny", TEXTS * 3, connector=request.param))
+    connector, _, encoder = request.param.partition("+")
+    return overfit(create_chat_model("shapes-chat-tiny", TEXTS * 3, connector=connector,
+                                     question_encoder=encoder or None))
 
 
 def test_forward_predicts_the_next_token_and_targets_only_the_assistant(model):
-    ids, labels = collate(model, [TALK, TALK[:2]])  # (2, L), the second right-padded
-    out = model(pictures(2), ids, labels)
+    ids, labels, turns = collate(model, [TALK, TALK[:2]])  # (2, L), the second right-padded
+    out = model(pictures(2), ids, labels, turns)
     assert out["logits"].shape == (2, ids.shape[1] - 1, model.tokenizer.get_vocab_size())
     targets = out["targets"]
     answer = model.encode("red") + [model.ids[END]]
@@ -75,8 +79,7 @@ def test_forward_predicts_the_next_token_and_targets_only_the_assistant(model):
 
 
 def test_the_loss_masks_every_non_assistant_token(model):
-    ids, labels = collate(model, [TALK])
-    out = model(pictures(1), ids, labels)
+    out = model(pictures(1), *collate(model, [TALK]))
     logits = out["logits"].detach().requires_grad_(True)
     chat_loss({"logits": logits, "targets": out["targets"]}).backward()
     ignored = out["targets"][0] == IGNORE
@@ -118,15 +121,15 @@ def test_bad_conversations_are_one_clear_error(model):
     with pytest.raises(ConversationError, match="end with a user turn"):
         model.chat(image, TALK)
     with pytest.raises(ConversationError, match="too long"):
-        model.chat(image, [{"role": "user", "content": "red " * 200}])
+        model.chat(image, TALK * 20 + [{"role": "user", "content": "red " * 200}])
 
 
 def test_save_load_round_trip_and_polymodal_load(model, tmp_path):
     save_chat_model(model, tmp_path / "chat", extra={"note": "test"})
     loaded = load_chat_model(tmp_path / "chat")
-    ids, labels = collate(model, [TALK])
+    batch = collate(model, [TALK])
     with torch.no_grad():
-        assert torch.equal(model(pictures(1), ids, labels)["logits"], loaded(pictures(1), ids, labels)["logits"])
+        assert torch.equal(model(pictures(1), *batch)["logits"], loaded(pictures(1), *batch)["logits"])
     via_load = polymodal.load(str(tmp_path / "chat"))
     assert isinstance(via_load, ChatModel)
     images = [as_pil(p) for p in pictures(2)]
@@ -154,7 +157,8 @@ def test_a_local_hugging_face_gpt2_directory_is_the_language_model(tmp_path):
     assert type(model.language_model).__name__ == "GPT2LMHeadModel"
     n = tok.get_vocab_size()  # the user's own token embeddings kept; the template's tokens added after them
     assert torch.equal(model.language_model.get_input_embeddings().weight[:n], gpt2.transformer.wte.weight)
-    assert model.tokenizer.get_vocab_size() == n + 5 == model.language_model.get_input_embeddings().num_embeddings
+    embeddings = model.language_model.get_input_embeddings()
+    assert model.tokenizer.get_vocab_size() == n + len(SPECIAL_TOKENS) == embeddings.num_embeddings
     overfit(model, steps=60)
     images = [as_pil(p) for p in pictures(2)]
     answers = model.answer(images, ["what colour is the circle?"] * 2)
@@ -244,6 +248,44 @@ def test_stage1_and_stage2_on_shapes_questions_and_the_eval_report(shapes_dir, t
     assert {"train", "heldout"} <= set(test["questions"]["by_wording"])
     assert test["conversations"]["followup_questions"] > 0 and "test_unseen" in scores["splits"]
     assert set(scores["summary"]) >= {"exact_match_heldout", "followup_accuracy", "exact_match_unseen"}
+
+
+def test_a_question_encoder_answers_wordings_training_never_used(colour_data, tmp_path):
+    """Trained on three wordings each of a colour and a shape question, a model that reads questions
+    with the bundled MiniLM answers paraphrases built of words training never used ("hue", "tint",
+    "form", "figure") with the kind of answer they ask for. (A from-scratch reader, run the same
+    way, answers the colour paraphrases with shape words: 0 of 66.)"""
+    import json
+
+    from polymodal.data.formats.manifest import read_manifest
+    from polymodal.data.schema import SkipLog
+    from polymodal.data.synthetic.shapes import COLOURS, SHAPES
+    from polymodal.train.chat import ChatTrainConfig, train_chat
+
+    asked = {"colour": ("what colour is the shape?", "what color is this object?", "which colour is it?"),
+             "shape": ("what shape is it?", "which shape is the object?", "what kind of shape is this?")}
+    paraphrased = {"colour": ("which hue does the figure have?", "tell me the tint of the thing."),
+                   "shape": ("name the form of the figure.", "what geometric figure do you see?")}
+    records = [r for r in read_manifest(colour_data.parent, SkipLog()) if len(r.attributes["objects"]) == 1]
+    entries = [{"id": f"{r.id}-{kind}-{i}", "image": r.image, "split": r.split, "conversations": [
+        {"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": r.attributes["objects"][0][kind]}]}
+        for r in records if r.split == "train" for kind, questions in asked.items() for i, q in enumerate(questions)]
+    (tmp_path / "questions.json").write_text(json.dumps(entries))
+    for r in records:  # the JSON names images relative to itself
+        (tmp_path / r.image).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / r.image).symlink_to(colour_data.parent / r.image)
+    torch.set_num_threads(1)
+    train_chat(ChatTrainConfig(data=str(tmp_path / "questions.json"), out=str(tmp_path / "run"),
+                               model="shapes-chat-tiny", question_encoder="minilm", stage1_steps=0,
+                               stage2_steps=300, batch_size=32, lr=3e-3, progress=False))
+    model = load_chat_model(tmp_path / "run")
+    images = [Image.open(colour_data.parent / r.image) for r in records if r.split == "test"]
+    kinds = {"colour": set(COLOURS), "shape": set(SHAPES)}
+    for kind, questions in paraphrased.items():
+        for question in questions:
+            answers = model.answer(images, [question] * len(images))
+            right_kind = sum(a in kinds[kind] for a in answers) / len(answers)
+            assert right_kind >= 0.9, (question, answers[:8])
 
 
 def polymodal_cli(*args: str, stdin: str | None = None):

@@ -43,12 +43,12 @@ def briefly_trained_chat_model():
     """Untrained, the tiny chat model's greedy answer is often empty (a special token first): a few
     steps on one conversation make it answer with words, so a stream has pieces to compare."""
     model = create_chat_model("shapes-chat-tiny", TEXTS * 4)
-    ids, labels = collate(model, [[{"role": "user", "content": TEXTS[2]}, {"role": "assistant", "content": TEXTS[0]}]])
+    batch = collate(model, [[{"role": "user", "content": TEXTS[2]}, {"role": "assistant", "content": TEXTS[0]}]])
     images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(20):
         optimizer.zero_grad()
-        chat_loss(model.train()(images, ids, labels)).backward()
+        chat_loss(model.train()(images, *batch)).backward()
         optimizer.step()
     return model.eval()
 

@@ -91,9 +91,12 @@ def chat_train_cmd(
                                 "Sort-of-CLEVR, or a LLaVA-style conversations JSON."),
     out: Path = typer.Option(..., help="Directory for the checkpoint."),
     model: str = typer.Option("shapes-chat-small", help="Preset (shapes-chat-small: cross-attention to the "
-                              "image; shapes-chat-prefix: LLaVA's prefix; shapes-chat-tiny) or a JSON config file."),
+                              "image; shapes-chat-minilm: the same, questions read by the bundled MiniLM; "
+                              "shapes-chat-prefix: LLaVA's prefix; shapes-chat-tiny) or a JSON config file."),
     language_model: Path | None = typer.Option(None, help="A local Hugging Face causal-LM directory to use as "
                                                "the language model (with its tokenizer.json)."),
+    question_encoder: str | None = typer.Option(None, help="'minilm': read the user's turns with the bundled "
+                                                "MiniLM (frozen), so that unseen wordings keep their meaning."),
     stage1_steps: int = typer.Option(1000, min=0, help="Stage 1 (captions) steps; 0 skips it."),
     stage2_steps: int = typer.Option(2000, min=1, help="Stage 2 (conversations) steps."),
     stage1_time: str | None = typer.Option(None, help="Stage 1 time budget (e.g. 5m): ends at steps or time."),
@@ -109,6 +112,7 @@ def chat_train_cmd(
 
     cfg = ChatTrainConfig(data=str(data), out=str(out), model=model,
                           language_model=str(language_model) if language_model else None,
+                          question_encoder=question_encoder,
                           stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch_size=batch_size, lr=lr,
                           seed=seed, device=device)
     result = train_chat(cfg, parse_duration(stage1_time) if stage1_time else None,

@@ -47,6 +47,7 @@ class ChatTrainConfig:
     out: str
     model: str = "shapes-chat-small"  # a preset name or a ChatConfig JSON file
     language_model: str | None = None  # a local Hugging Face causal-LM directory to use as the LM
+    question_encoder: str | None = None  # "minilm": the model's user turns read by the bundled MiniLM
     stage1_steps: int = 1000  # captions (skipped where the data has none): grounds the image tokens
     stage2_steps: int = 2000  # conversations
     batch_size: int = 64
@@ -89,8 +90,7 @@ class ChatExamples:
         random.Random(f"chat/{seed}/{epoch}").shuffle(order)
         for start in range(0, len(order) - len(order) % batch_size, batch_size):
             window = [self.items[i] for i in order[start:start + batch_size]]
-            ids, labels = collate(model, [talk for _, talk in window])
-            yield self.images[[i for i, _ in window]], ids, labels
+            yield self.images[[i for i, _ in window]], *collate(model, [talk for _, talk in window])
 
 
 def load_examples(cfg: ChatTrainConfig, image_size: int) -> tuple[ChatExamples, ChatExamples, list[str]]:
@@ -121,8 +121,8 @@ def _trainable(model: ChatModel, stage: int, user_lm: bool) -> None:
 
 def _train_step(model: ChatModel, optimizer, grad_clip: float, device: str):
     def step(batch) -> dict[str, float]:
-        images, ids, labels = batch
-        loss = chat_loss(model(images.to(device), ids.to(device), labels.to(device)))
+        images, ids, labels, turns = batch
+        loss = chat_loss(model(images.to(device), ids.to(device), labels.to(device), turns))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_and_step(model, optimizer, grad_clip)
@@ -162,7 +162,8 @@ def train_chat(cfg: ChatTrainConfig, stage1_time: float | None = None, stage2_ti
     seed_everything(cfg.seed)
     image_size = get_chat_config(cfg.model).image.image_size
     captions, talks, texts = load_examples(cfg, image_size)
-    overrides = {"language_model": cfg.language_model} if cfg.language_model else {}
+    overrides = {k: v for k, v in (("language_model", cfg.language_model),
+                                   ("question_encoder", cfg.question_encoder)) if v}
     model = create_chat_model(cfg.model, texts, **overrides)
     device = pick_device(cfg.device)
     model.to(device)

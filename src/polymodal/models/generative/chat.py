@@ -13,7 +13,9 @@ Chat template (token ids, one conversation per image):
 
 `<image>` is the placeholder of the image: it is always the first token, and the model puts the
 image's P projected region tokens in its place (so a sequence of L text tokens is P + L - 1 long
-inside the LM). Generation stops at `<|end|>`. Training targets are the assistant tokens and
+inside the LM). With a question encoder (`question_encoder: "minilm"`) a user turn's text is
+`<|piece|>` once per encoder state, and the LM reads the projected states there instead of token
+embeddings. Generation stops at `<|end|>`. Training targets are the assistant tokens and
 their `<|end|>` only (`chat_targets`); every other position is IGNORE.
 
 The tokenizer is a `tokenizers.Tokenizer`: polymodal's WordPiece trained on the dataset's text
@@ -42,10 +44,12 @@ from ...errors import CheckpointError
 from ...modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ...modalities.text import Tokenizer
 from ...utils import atomic_path, write_json
-from .decoding import GenerationConfig, HFCausalLM, generate, stream
+from .decoding import GenerationConfig, HFCausalLM, generate, left_pad, stream
+from .turn_reader import TurnReader
 
 IMAGE, USER, ASSISTANT, END, PAD = "<image>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"
-SPECIAL_TOKENS = (IMAGE, USER, ASSISTANT, END, PAD)
+PIECE = "<|piece|>"  # with a question encoder: the place of one encoder state of a user turn
+SPECIAL_TOKENS = (IMAGE, USER, ASSISTANT, END, PAD, PIECE)
 IGNORE = -100  # targets outside the assistant's turns: skipped by the cross-entropy
 CAPTION_PROMPT = "describe the image."  # the user turn of stage-1 (caption) conversations
 
@@ -69,6 +73,9 @@ class ChatConfig:
     # every LM block cross-attending to them (Flamingo; GPT-2's own cross-attention layers)
     connector: str = "prefix"
     language_model: str | None = None  # a local Hugging Face causal-LM directory instead of building one
+    # "minilm": the user's turns are read by the bundled MiniLM (frozen; turn_reader.py), not by the
+    # LM's own token embeddings, so that wordings training never used keep their meaning
+    question_encoder: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +90,7 @@ PRESETS = {
     # cross-attention: at equal steps it grounds answers better than the prefix here (benchmarks/README.md)
     "shapes-chat-small": ChatConfig(connector="cross"),
     "shapes-chat-prefix": ChatConfig(),
+    "shapes-chat-minilm": ChatConfig(connector="cross", question_encoder="minilm"),
     "shapes-chat-tiny": ChatConfig(image=ImageTowerConfig(kind="cnn", image_size=64, width=16, layers=3,
                                                           pool="coord"), width=64, layers=1, context_length=128),
 }
@@ -176,10 +184,21 @@ def merge_regions(tokens: torch.Tensor, side: int, merge: int) -> torch.Tensor:
 
 class ImageConditionedLM:
     """A `CausalLM` (decoding.py's protocol) over an HF causal LM and one image's projected tokens
-    (B, P, D) per row; beam search's row reordering moves the image tokens with the cache."""
+    (B, P, D) per row; beam search's row reordering moves the image tokens with the cache.
+    `prompt_embeds` (B, T, D), where given, are what the first call reads instead of embedding
+    the prompt's ids (a question encoder's states in the user turns)."""
 
-    def __init__(self, language_model, image_tokens: torch.Tensor):
-        self.hf, self.image_tokens = HFCausalLM(language_model), image_tokens
+    def __init__(self, language_model, image_tokens: torch.Tensor, prompt_embeds: torch.Tensor | None = None):
+        self.hf, self.image_tokens, self.prompt_embeds = HFCausalLM(language_model), image_tokens, prompt_embeds
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, T, D) of a call without a cache: the prompt's given embeddings, then
+        (uncached decoding feeds the whole sequence) the generated tokens' own."""
+        table = self.hf.model.get_input_embeddings()
+        if self.prompt_embeds is None:
+            return table(ids)
+        given = self.prompt_embeds.shape[1]
+        return torch.cat([self.prompt_embeds.to(table.weight.dtype), table(ids[:, given:])], 1)
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +219,7 @@ class ImagePrefixedLM(ImageConditionedLM):
         positions = positions + p
         inputs = {"input_ids": ids}
         if cache is None:  # the first call: the image prefix goes in front
-            embeds = self.hf.model.get_input_embeddings()(ids)  # (B, T, D)
+            embeds = self.embed(ids)  # (B, T, D)
             inputs = {"inputs_embeds": torch.cat([self.image_tokens.to(embeds.dtype), embeds], 1)}  # (B, P + T, D)
             positions = torch.cat([torch.arange(p, device=ids.device).expand(b, p), positions], 1)
         out = self.hf.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=use_cache,
@@ -214,7 +233,8 @@ class ImageCrossLM(ImageConditionedLM):
     tokens as its `encoder_hidden_states`."""
 
     def __call__(self, ids, attention_mask, positions, cache=None, use_cache=True):
-        out = self.hf.model(input_ids=ids, attention_mask=attention_mask.long(), position_ids=positions,
+        inputs = {"inputs_embeds": self.embed(ids)} if cache is None else {"input_ids": ids}
+        out = self.hf.model(**inputs, attention_mask=attention_mask.long(), position_ids=positions,
                             encoder_hidden_states=self.image_tokens, use_cache=use_cache,
                             **{self.hf.cache_arg: cache})
         return out.logits, getattr(out, self.hf.cache_arg)
@@ -235,6 +255,9 @@ class ChatModel(nn.Module):
         self.projector = nn.Sequential(nn.LayerNorm(merged), nn.Linear(merged, lm_width), nn.GELU(),
                                        nn.Linear(lm_width, lm_width))
         self.ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        self.turn_reader = _turn_reader(config, lm_width)
+        if self.turn_reader is not None and self.ids[PIECE] is None:
+            raise CheckpointError(f"the tokenizer has no {PIECE} token for the question encoder")
         lm_config = language_model.config
         self.max_positions = getattr(lm_config, "n_positions", None) or lm_config.max_position_embeddings
 
@@ -251,30 +274,45 @@ class ChatModel(nn.Module):
         """LM positions the image takes: its tokens as a prefix, none when cross-attended to."""
         return self.image_token_count if self.config.connector == "prefix" else 0
 
-    def bind(self, images: torch.Tensor):
-        """The LM conditioned on `images` (B, 3, S, S), as decoding.py's `CausalLM`."""
+    def bind(self, images: torch.Tensor, prompt_embeds: torch.Tensor | None = None):
+        """The LM conditioned on `images` (B, 3, S, S), as decoding.py's `CausalLM`; `prompt_embeds`
+        (B, T, D): the left-padded prompts' input embeddings, where a question encoder reads the user
+        turns (`bind_prompts` makes them)."""
         image_tokens = self.image_prefix(images)  # (B, P, D)
-        if self.config.connector == "cross":
-            return ImageCrossLM(self.language_model, image_tokens)
-        return ImagePrefixedLM(self.language_model, image_tokens)
+        wrapper = ImageCrossLM if self.config.connector == "cross" else ImagePrefixedLM
+        return wrapper(self.language_model, image_tokens, prompt_embeds)
+
+    def embed(self, ids: torch.Tensor, turns: Sequence[Sequence[str]] | None = None) -> torch.Tensor:
+        """ids (B, L) -> the LM's input embeddings (B, L, D); with a question encoder, its projected
+        states of each row's user turns (`turns[b]`, in order) at the <|piece|> places."""
+        embeds = self.language_model.get_input_embeddings()(ids)
+        if self.turn_reader is None:
+            return embeds
+        if turns is None:
+            raise ValueError("this model reads the user's turns with its question encoder: pass each row's turns")
+        states = self.turn_reader.slot_states(ids, self.ids[PIECE], turns)  # (B, L, 384)
+        return torch.where((ids == self.ids[PIECE])[..., None], self.turn_reader(states).to(embeds.dtype), embeds)
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, S, S) -> projected region tokens (B, P, D_lm)."""
         tokens = self.image_tower(self.normalize(images.to(self.device))).tokens  # (B, grid * grid, C)
         return self.projector(merge_regions(tokens + self.region_pos, self.grid, self.config.merge))  # (B, P, D)
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor,
+                turns: Sequence[Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S); ids (B, L) rendered conversations, `<image>` first, right-padded with
-        <|pad|>; labels (B, L) the ids at assistant tokens, IGNORE elsewhere ->
+        <|pad|>; labels (B, L) the ids at assistant tokens, IGNORE elsewhere; turns: each row's
+        user turns (`user_turns`), for a question encoder ->
         {"logits": (B, L-1, V), "targets": (B, L-1)}: each position predicts the next token."""
         ids, labels = ids.to(self.device), labels.to(self.device)
         prefix = self.image_prefix(images)  # (B, P, D)
+        embeds = self.embed(ids, turns)  # (B, L, D)
         if self.config.connector == "cross":  # `<image>` stays a token; the blocks attend to the image
-            logits = self.language_model(input_ids=ids, attention_mask=(ids != self.ids[PAD]).long(),
+            logits = self.language_model(inputs_embeds=embeds, attention_mask=(ids != self.ids[PAD]).long(),
                                          encoder_hidden_states=prefix, use_cache=False).logits
             return {"logits": logits[:, :-1], "targets": labels[:, 1:]}
         b, p = prefix.shape[:2]
-        embeds = torch.cat([prefix, self.language_model.get_input_embeddings()(ids[:, 1:])], 1)  # (B, P+L-1, D)
+        embeds = torch.cat([prefix, embeds[:, 1:]], 1)  # (B, P+L-1, D)
         mask = torch.cat([ids.new_ones(b, p), (ids[:, 1:] != self.ids[PAD]).long()], 1)
         positions = torch.arange(embeds.shape[1], device=self.device).expand(b, -1)
         logits = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
@@ -286,6 +324,12 @@ class ChatModel(nn.Module):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def user_pieces(self, text: str) -> list[int]:
+        """A user turn's ids: its tokens, or, with a question encoder, a <|piece|> per encoder state."""
+        if self.turn_reader is None:
+            return self.encode(text)
+        return [self.ids[PIECE]] * self.turn_reader.length(text)
+
     def render(self, messages: Sequence[dict], generation_prompt: bool = False) -> tuple[list[int], list[int]]:
         """A conversation -> (ids, labels): `<image>` first, then the turns; labels hold the
         assistant's tokens and their <|end|>, IGNORE elsewhere. `generation_prompt` ends it with
@@ -294,7 +338,7 @@ class ChatModel(nn.Module):
         for k, message in enumerate(messages):
             role, content = message.get("role"), str(message.get("content", ""))
             if role == "user":
-                turn = [self.ids[USER]] + self.encode(content)
+                turn = [self.ids[USER]] + self.user_pieces(content)
                 ids, labels = ids + turn, labels + [IGNORE] * len(turn)
             elif role == "assistant":
                 answer = self.encode(content) + [self.ids[END]]
@@ -321,7 +365,20 @@ class ChatModel(nn.Module):
                                     f"{self.max_positions} positions (start a new conversation)")
         return ids
 
+    @staticmethod
+    def user_turns(messages: Sequence[dict]) -> list[str]:
+        """The conversation's user turns in order (what a question encoder reads)."""
+        return [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
+
     # -- generation -------------------------------------------------------------------------------
+
+    def bind_prompts(self, images: torch.Tensor, prompts: list[list[int]], conversations: Sequence[Sequence[dict]]):
+        """`bind`, plus the prompts' embeddings where a question encoder reads the user turns
+        (left-padded as `generate` pads the prompts)."""
+        if self.turn_reader is None:
+            return self.bind(images)
+        ids, _ = left_pad(prompts, self.ids[PAD], self.device)  # (B, T)
+        return self.bind(images, self.embed(ids, [self.user_turns(c) for c in conversations]))
 
     def preprocess(self, images) -> torch.Tensor:
         """A uint8 tensor (B, 3, S, S) as it is, or PIL images resized and centre-cropped."""
@@ -351,7 +408,7 @@ class ChatModel(nn.Module):
         pixels, prompts = self.preprocess(images), [self.prompt(c) for c in conversations]
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            lm = self.bind(pixels[start:start + batch_size])
+            lm = self.bind_prompts(pixels[start:start + batch_size], batch, conversations[start:start + batch_size])
             out += [self.decode(row) for row in generate(lm, batch, self.generation_config(config, batch)).tokens]
         self.train(was_training)
         return out
@@ -371,7 +428,7 @@ class ChatModel(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                lm = self.bind(self.preprocess([image]))
+                lm = self.bind_prompts(self.preprocess([image]), [prompt], [messages])
             tokens, sent = [], ""
             for step in stream(lm, [prompt], self.generation_config(config, [prompt])):
                 tokens += step[0]
@@ -389,13 +446,22 @@ class ChatModel(nn.Module):
         return "".join(self.chat_stream(image, messages, config))
 
 
+def _turn_reader(config: ChatConfig, lm_width: int) -> TurnReader | None:
+    if config.question_encoder in (None, ""):
+        return None
+    if config.question_encoder != "minilm":
+        raise ValueError(f"unknown question_encoder '{config.question_encoder}' (known: minilm)")
+    return TurnReader(lm_width)
+
+
 def chat_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy on the assistant's tokens only."""
     return F.cross_entropy(outputs["logits"].flatten(0, 1).float(), outputs["targets"].flatten(), ignore_index=IGNORE)
 
 
-def collate(model: ChatModel, conversations: Sequence[Sequence[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rendered conversations right-padded into (B, L) ids and labels (cut at the context's room)."""
+def collate(model: ChatModel, conversations: Sequence[Sequence[dict]]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Rendered conversations right-padded into (B, L) ids and labels (cut at the context's room),
+    and each one's user turns (what a question encoder reads): `model(images, *collate(...))`."""
     rendered = [model.render(c) for c in conversations]
     limit = model.max_positions - model.prefix_length + (1 if model.prefix_length else 0)
     length = min(max(len(ids) for ids, _ in rendered), limit)
@@ -404,7 +470,7 @@ def collate(model: ChatModel, conversations: Sequence[Sequence[dict]]) -> tuple[
     for row, (row_ids, row_labels) in enumerate(rendered):
         n = min(len(row_ids), length)
         ids[row, :n], labels[row, :n] = torch.tensor(row_ids[:n]), torch.tensor(row_labels[:n])
-    return ids, labels
+    return ids, labels, [model.user_turns(c) for c in conversations]
 
 
 # ----------------------------------------------------------------------------------------------
