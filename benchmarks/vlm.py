@@ -84,9 +84,10 @@ def baseline_part(work: Path) -> dict:
     return {"aligned_model": str(model_dir), **evaluate_captioner(baseline, data, progress=True)}
 
 
-def chat_part(work: Path, data: Path, name: str, steps: tuple[int, int]) -> dict:
+def chat_part(work: Path, data: Path, name: str, model: str, steps: tuple[int, int]) -> dict:
     out = work / name
-    trained = train_chat(ChatTrainConfig(data=str(data), out=str(out), stage1_steps=steps[0], stage2_steps=steps[1]))
+    trained = train_chat(ChatTrainConfig(data=str(data), out=str(out), model=model, stage1_steps=steps[0],
+                                         stage2_steps=steps[1]))
     results = evaluate_chat(load_model(out), load_records(data), limit=CHAT_EVAL_IMAGES, progress=True)
     seconds = sum((trained[s] or {}).get("seconds", 0) for s in ("stage1", "stage2"))
     return {"training": trained, "train_s": seconds, **results}
@@ -112,9 +113,9 @@ def run_part(part: str, work: Path, args) -> dict:
     if part == "baseline":
         return baseline_part(work)
     if part == "chat":
-        return chat_part(work, qa_data(work), "chat", args.chat_steps)
+        return chat_part(work, qa_data(work), "chat", args.chat_model, args.chat_steps)
     if part == "soc":
-        return chat_part(work, soc_data(work), "chat_soc", args.soc_steps)
+        return chat_part(work, soc_data(work), "chat_soc", args.soc_model, args.soc_steps)
     raise ValueError(f"unknown part {part}")
 
 
@@ -187,6 +188,8 @@ def main() -> None:
     ap.add_argument("--caption-steps", type=int, default=6_000)
     ap.add_argument("--chat-steps", type=_steps, default=(1_000, 1_500), help="stage 1,stage 2")
     ap.add_argument("--soc-steps", type=_steps, default=(0, 1_500), help="stage 1,stage 2 (no captions there)")
+    ap.add_argument("--chat-model", default="shapes-chat-small", help="the chat part's preset")
+    ap.add_argument("--soc-model", default="shapes-chat-small", help="the soc part's preset")
     ap.add_argument("--reuse", action="store_true", help="skip parts whose WORK/PART.json exists")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
