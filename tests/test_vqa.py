@@ -30,6 +30,9 @@ def test_generator_is_deterministic_and_answers_follow_the_scene(soc, tmp_path):
     for rec in data.records:
         objects, questions = rec.attributes["objects"], rec.attributes["questions"]
         assert len(objects) == 6 and len(questions) == 20
+        described = rec.attributes["description"].split(", ")  # "red square top left", ... in object order
+        assert described == [f"{o['colour']} {o['shape']} {'top' if o['y'] < 37.5 else 'bottom'} "
+                             f"{'left' if o['x'] < 37.5 else 'right'}" for o in objects]
         assert sum(q["relational"] for q in questions) == 10
         for q in questions:
             # Recompute from the stored scene, independently of the generator's own answer().

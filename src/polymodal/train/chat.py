@@ -72,8 +72,11 @@ def record_conversations(record: Record) -> list[list[dict]]:
 
 
 def caption_conversations(record: Record, has_captions: bool) -> list[list[dict]]:
+    """Stage 1's talks: the record's captions, or, where its text is not captions, the scene
+    description its dataset gives (Sort-of-CLEVR's `attributes.description`), if any."""
+    captions = record.text if has_captions else [record.attributes.get("description")]
     return [[{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": c}]
-            for c in (record.text if has_captions else [])]
+            for c in captions if c]
 
 
 class ChatExamples:

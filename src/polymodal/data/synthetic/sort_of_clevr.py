@@ -7,7 +7,9 @@ positions. Non-relational questions ask for the shape of the object of a colour,
 on the left / at the top; relational ones for the shape of the object closest to / furthest from
 it, or how many objects share its shape. Each question is stored both as the paper's 11-number
 encoding (6 colour one-hot, 2 question type, 3 subtype) and as English text. The scene
-(`attributes.objects`) is kept in every record, so answers can be recomputed from it.
+(`attributes.objects`) is kept in every record, so answers can be recomputed from it, with a
+description of it (`attributes.description`: "red square top left, green circle bottom right, ..."),
+which the chat model's first stage trains on where captions would be.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def answer(objects: list[dict], colour: str, subtype: str) -> str:
     return others[pick]["shape"]
 
 
+def describe(objects: list[dict]) -> str:
+    """Each object's colour, shape and quadrant, in the fixed colour order: the facts the
+    non-relational questions ask about, said for every object at once."""
+    def where(o: dict) -> str:
+        return ("top " if o["y"] < IMAGE_SIZE / 2 else "bottom ") + ("left" if o["x"] < IMAGE_SIZE / 2 else "right")
+
+    return ", ".join(f"{o['colour']} {o['shape']} {where(o)}" for o in objects)
+
+
 def encode(colour: str, subtype: str) -> list[int]:
     """The paper's fixed-length question: colour one-hot (6), type one-hot (2), subtype one-hot (3)."""
     relational = subtype in RELATIONAL
@@ -132,7 +143,8 @@ def generate(out: str | Path, config: SortOfClevrConfig, progress: bool = True) 
                     render(objects).save(tmp, format="PNG")
                 records.append(Record(id=f"{index:06d}", split=split, image=name,
                                       text=[q["text"] for q in questions], labels=[q["answer"] for q in questions],
-                                      attributes={"objects": objects, "questions": questions}))
+                                      attributes={"objects": objects, "questions": questions,
+                                                  "description": describe(objects)}))
                 index += 1
                 bar.advance(task)
     write_manifest(out / "manifest.jsonl", records)
