@@ -186,6 +186,8 @@ def test_answers_match_after_normalising():
     assert result["exact_match"] == 0.75 and result["followup"] == 0.5 and result["followup_questions"] == 2
     assert result["by_family"] == {"colour": 1.0, "count": 1.0, "relation_query": 1.0, "relation_verify": 0.0}
     assert result["by_wording"] == {"heldout": 0.5, "train": 1.0}
+    soc = score_answers([{"answer": "yes", "subtype": "left"}, {"answer": "2", "subtype": "count"}], ["yes", "3"])
+    assert soc["by_family"] == {"count": 0.0, "left": 1.0}  # Sort-of-CLEVR's subtypes stand for families
 
 
 def value(mentions, objects, pairs):

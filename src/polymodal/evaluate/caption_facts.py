@@ -336,8 +336,8 @@ def answers_match(prediction: str, answer: str) -> bool:
 
 def score_answers(questions: Sequence[dict], predictions: Sequence[str]) -> dict:
     """Exact-match accuracy overall, per question family, per wording, and on follow-up turns.
-    `questions`: dicts with `answer` and optionally `family`, `wording`, `followup` (as
-    `data/synthetic/shapes_qa.py` makes them)."""
+    `questions`: dicts with `answer` and optionally `family` (else Sort-of-CLEVR's `subtype`),
+    `wording`, `followup` (as `data/synthetic/shapes_qa.py` makes them)."""
     if len(questions) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(questions)} questions")
     groups: dict[str, dict[str, list[bool]]] = {"family": {}, "wording": {}}
@@ -345,8 +345,9 @@ def score_answers(questions: Sequence[dict], predictions: Sequence[str]) -> dict
     for q, prediction in zip(questions, predictions):
         hit = answers_match(prediction, q["answer"])
         hits.append(hit)
+        group = {"family": q.get("family") or q.get("subtype") or "unknown", "wording": q.get("wording", "unknown")}
         for key in groups:
-            groups[key].setdefault(str(q.get(key, "unknown")), []).append(hit)
+            groups[key].setdefault(str(group[key]), []).append(hit)
         if q.get("followup"):
             followups.append(hit)
     return {"exact_match": _mean(hits), "questions": len(hits), "followup": _mean(followups),
