@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import polymodal
-from polymodal.errors import CheckpointError
+from polymodal.errors import CheckpointError, ConversationError
 from polymodal.models.generative import GenerationConfig
 from polymodal.models.generative.chat import (
     ASSISTANT,
@@ -18,7 +18,6 @@ from polymodal.models.generative.chat import (
     IGNORE,
     SPECIAL_TOKENS,
     ChatModel,
-    ConversationError,
     chat_loss,
     collate,
     create_chat_model,

@@ -19,9 +19,8 @@ import polymodal
 from polymodal.backends.hf import HFModel
 from polymodal.backends.hf_vlm import CAPTION_PROMPT, HFCaptioner, HFChatModel, is_hf_vlm
 from polymodal.cli import app
-from polymodal.errors import CheckpointError
+from polymodal.errors import CheckpointError, ConversationError
 from polymodal.models.generative import GenerationConfig
-from polymodal.models.generative.chat import ConversationError
 
 # "café" and "naïve" put two-byte characters into the byte-level vocabulary, so random answers
 # hold unfinished UTF-8 characters mid-stream.

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .errors import DataError
+from .errors import ConversationError, DataError
 
 console = Console()
 errors = Console(stderr=True)
@@ -38,8 +38,6 @@ def _answer(chat_model, image, messages: list[dict], config) -> str:
 
 
 def _session(chat_model, image, config) -> None:
-    from .models.generative.chat import ConversationError
-
     messages: list[dict] = []
     console.print(f"[dim]{HELP_LINE}[/]")
     while True:

@@ -25,6 +25,10 @@ class ExportError(PolymodalError, ValueError):
     """An ONNX export that cannot be written or read back."""
 
 
+class ConversationError(PolymodalError, ValueError):
+    """A conversation a chat model cannot take (empty, not ending with a user turn, too long)."""
+
+
 class IndexFormatError(PolymodalError, ValueError):
     """An index directory that is missing, damaged or not an index."""
 

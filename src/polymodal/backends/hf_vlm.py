@@ -29,8 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import CheckpointError
-from ..models.generative.chat import ConversationError
+from ..errors import CheckpointError, ConversationError
 from ..models.generative.decoding import Generation, GenerationConfig, stop_length
 from .hub import cache_only_when_offline
 

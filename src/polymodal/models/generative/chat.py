@@ -40,7 +40,7 @@ from tokenizers import AddedToken, Tokenizer as HFTokenizer, processors
 from torch import nn
 
 from ...config import ImageTowerConfig, image_tower_config, replace_fields
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConversationError
 from ...modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ...modalities.text import Tokenizer
 from ...utils import atomic_path, write_json
@@ -52,10 +52,6 @@ PIECE = "<|piece|>"  # with a question encoder: the place of one encoder state o
 SPECIAL_TOKENS = (IMAGE, USER, ASSISTANT, END, PAD, PIECE)
 IGNORE = -100  # targets outside the assistant's turns: skipped by the cross-entropy
 CAPTION_PROMPT = "describe the image."  # the user turn of stage-1 (caption) conversations
-
-
-class ConversationError(ValueError):
-    """A conversation the model cannot take (empty, not ending with a user turn, too long)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from ...models.generative.chat import ConversationError
+from ...errors import ConversationError
 from ...models.generative.decoding import GenerationConfig
 from .. import schemas
 from ..deps import ready_engine, refuse_empty_fields
