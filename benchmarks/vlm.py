@@ -2,7 +2,7 @@
 the chat model on ShapesWorld questions and on Sort-of-CLEVR, and the decoding speed.
 
     python benchmarks/vlm.py [--work runs/vlm] [--parts caption,baseline,chat,soc]
-                             [--caption-steps 6000] [--chat-steps 1000,1500] [--soc-steps 0,1500] [--reuse]
+                             [--caption-steps 11000] [--chat-steps 1000,6500] [--soc-steps 1000,3000] [--reuse]
 
 Parts (each writes WORK/PART.json; --reuse skips a part whose JSON is there):
   caption   `shapes-captioner-small` trained on the ShapesWorld train split (40,000 images), greedy
@@ -11,11 +11,11 @@ Parts (each writes WORK/PART.json; --reuse skips a part whose JSON is there):
   baseline  nearest-neighbour captioning: each test image gets a caption of its nearest training
             image in an aligned model's space (the composition benchmark's demo model, or one
             trained here at the demo's budget), scored the same way
-  chat      `shapes-chat-small` trained in two stages (captions, then conversations) on the same
-            images with their questions (`polymodal data questions`), exact match on held-out
-            wordings, unseen colour-shape pairs and follow-up turns
-  soc       the same chat model trained on Sort-of-CLEVR questions, relational / non-relational
-            exact match on its test split
+  chat      `shapes-chat-minilm` (questions read by MiniLM) trained in two stages (captions, then
+            conversations) on the same images with their questions (`polymodal data questions`),
+            exact match on held-out wordings, unseen colour-shape pairs and follow-up turns
+  soc       `shapes-chat-small` trained on Sort-of-CLEVR (stage 1 on its scene descriptions, stage 2
+            on its questions), relational / non-relational exact match on its test split
 Decoding speed comes from benchmarks/results/decoding_speed.json (`benchmarks/decoding_speed.py`).
 Every model is defined by its steps; the JSON keeps each one's training seconds. Prints the table and
 writes benchmarks/results/vlm.json.
@@ -185,10 +185,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "vlm")
     ap.add_argument("--parts", default="caption,baseline,chat,soc")
-    ap.add_argument("--caption-steps", type=int, default=6_000)
-    ap.add_argument("--chat-steps", type=_steps, default=(1_000, 1_500), help="stage 1,stage 2")
-    ap.add_argument("--soc-steps", type=_steps, default=(0, 1_500), help="stage 1,stage 2 (no captions there)")
-    ap.add_argument("--chat-model", default="shapes-chat-small", help="the chat part's preset")
+    ap.add_argument("--caption-steps", type=int, default=11_000)
+    ap.add_argument("--chat-steps", type=_steps, default=(1_000, 6_500), help="stage 1,stage 2")
+    ap.add_argument("--soc-steps", type=_steps, default=(1_000, 3_000), help="stage 1 (scene descriptions),stage 2")
+    ap.add_argument("--chat-model", default="shapes-chat-minilm", help="the chat part's preset")
     ap.add_argument("--soc-model", default="shapes-chat-small", help="the soc part's preset")
     ap.add_argument("--reuse", action="store_true", help="skip parts whose WORK/PART.json exists")
     ap.add_argument("--out", type=Path, default=RESULTS)
