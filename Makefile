@@ -26,12 +26,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 /usr/bin/chromium:
 	-apt-get update && apt-get install -y chromium
 
-install: $(STAMP) /usr/bin/chromium
+# METEOR (caption metrics) is a Java program; its test runs wherever a Java runtime is found.
+/usr/bin/java:
+	-apt-get update && apt-get install -y default-jre-headless
+
+install: $(STAMP) /usr/bin/chromium /usr/bin/java
 
 demo: $(STAMP)
 	$(VENV)/bin/polymodal demo
 
-test: $(STAMP) /usr/bin/chromium
+test: $(STAMP) /usr/bin/chromium /usr/bin/java
 	$(PY) -m pytest -n 2
 
 # The tests not marked slow (no training runs, browser or subprocess-heavy CLI runs): under a minute.

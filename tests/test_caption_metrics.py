@@ -74,7 +74,8 @@ def test_bad_input_is_one_clear_error():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not meteor_available(), reason="METEOR 1.5 needs a Java runtime")
+@pytest.mark.skipif(not meteor_available(),  # `make test` installs one with apt; only a machine without apt lacks it
+                    reason="METEOR 1.5 needs a Java runtime and `make test` could not install one")
 def test_meteor_runs_and_gives_the_true_caption_nearly_full_marks():
     # one call: each starts a JVM that loads METEOR's paraphrase table (10-20 s)
     assert 0.9 < caption_metrics([TRUE, "a green star"], [[TRUE], ["a green star"]])["meteor"] <= 1.0

@@ -18,6 +18,7 @@ that need it: it is an optional extra and slow to import.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import queue
@@ -106,9 +107,10 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
 
 
-class HFVisionLanguageModel(nn.Module):
+class HFVisionLanguageModel(nn.Module, abc.ABC):
     """What both kinds share: `generate_tokens` (transformers' generate under polymodal's
-    GenerationConfig) and decoding the new tokens to text."""
+    GenerationConfig) and decoding the new tokens to text. Abstract: each family (`HFCaptioner`,
+    `HFChatModel`) says how to ask for a caption."""
 
     def __init__(self, model, processor, model_id: str):
         super().__init__()
@@ -153,10 +155,10 @@ class HFVisionLanguageModel(nn.Module):
         text = self.processor.decode(list(tokens), skip_special_tokens=True)
         return cut_at_stop_string(text, stop)[0].strip()
 
+    @abc.abstractmethod
     def caption_inputs(self, images: list[Image.Image]):
-        """The processor's inputs that ask for a caption of each image: each family says how
-        (BLIP: the images alone; chat models: a fixed prompt in their chat template)."""
-        raise NotImplementedError(f"{type(self).__name__} does not say how to ask for a caption")
+        """The processor's inputs that ask for a caption of each image (BLIP: the images alone;
+        chat models: a fixed prompt in their chat template)."""
 
     def caption(self, images, config: GenerationConfig | None = None, stop: Sequence[str] = (),
                 batch_size: int = 16) -> list[str]:
