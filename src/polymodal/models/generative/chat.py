@@ -286,8 +286,9 @@ class ChatModel(nn.Module):
             return embeds
         if turns is None:
             raise ValueError("this model reads the user's turns with its question encoder: pass each row's turns")
-        states = self.turn_reader.slot_states(ids, self.ids[PIECE], turns)  # (B, L, 384)
-        return torch.where((ids == self.ids[PIECE])[..., None], self.turn_reader(states).to(embeds.dtype), embeds)
+        slots = ids == self.ids[PIECE]  # (B, L)
+        read = self.turn_reader(slots, turns).to(embeds.dtype)  # (N slots, D)
+        return embeds.masked_scatter(slots[..., None], read)
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, S, S) -> projected region tokens (B, P, D_lm)."""

@@ -10,13 +10,15 @@ as MiniLM's states (one per word piece, [CLS] and [SEP] included), projected int
 by a learnt layer, in place of the LM's own token embeddings.
 
 MiniLM stays frozen and outside the checkpoint (its weights come from the installed package, as
-`MiniLMWordEmbedding`'s do); its states are a pure function of the text, so they are cached per
-text and each question pays the 6-layer forward pass once per process.
+`MiniLMWordEmbedding`'s do); its states are a pure function of the text, so one instance serves
+every chat model of the process and caches them per text: each question pays the 6-layer
+forward pass once per process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from tokenizers import Tokenizer
@@ -63,32 +65,31 @@ class FrozenMiniLM:
         return [self.cache[t] for t in texts]
 
 
+@lru_cache(maxsize=1)
+def frozen_minilm() -> FrozenMiniLM:
+    """The process's one FrozenMiniLM (loaded once, its cache shared by every chat model)."""
+    return FrozenMiniLM()
+
+
 class TurnReader(nn.Module):
     """User turns -> states in the LM's width: frozen MiniLM, then a learnt LayerNorm + Linear."""
 
     def __init__(self, lm_width: int):
         super().__init__()
         self.proj = nn.Sequential(nn.LayerNorm(STATE_WIDTH), nn.Linear(STATE_WIDTH, lm_width))
-        self.encoder = FrozenMiniLM()
+        self.encoder = frozen_minilm()
 
     def length(self, text: str) -> int:
         return self.encoder.length(text)
 
-    def slot_states(self, ids: torch.Tensor, slot_id: int, turns: Sequence[Sequence[str]]) -> torch.Tensor:
-        """ids (B, L) with `slot_id` where a user turn's pieces go; turns[b]: row b's user turns in
-        order -> (B, L, 384) MiniLM states at the slots (zero elsewhere). A row cut short (the
+    def forward(self, slots: torch.Tensor, turns: Sequence[Sequence[str]]) -> torch.Tensor:
+        """slots (B, L) True where a user turn's pieces go; turns[b]: row b's user turns in order ->
+        (N, D_lm), the projected states of the N slots in row-major order. A row cut short (the
         context's room) keeps the states of the slots it still has."""
-        slots = ids == slot_id  # (B, L)
-        counts = slots.sum(1).tolist()
         states = self.encoder.states([t for row in turns for t in row])
         flat, k = [], 0
-        for row, count in zip(turns, counts):
-            row_states = torch.cat(states[k:k + len(row)]) if row else torch.zeros(0, STATE_WIDTH)
-            flat.append(row_states[:count])
+        for row, count in zip(turns, slots.sum(1).tolist()):
+            flat += [torch.cat(states[k:k + len(row)])[:count]] if row else []
             k += len(row)
-        out = torch.zeros(*ids.shape, STATE_WIDTH)
-        out[slots.cpu()] = torch.cat(flat)
-        return out.to(ids.device)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.proj(states)  # (B, L, 384) -> (B, L, D_lm)
+        read = torch.cat(flat) if flat else torch.zeros(0, STATE_WIDTH)  # (N, 384)
+        return self.proj(read.to(slots.device))
