@@ -28,6 +28,10 @@ from ...modalities.minilm import minilm_path
 
 MAX_TURN_PIECES = 64  # MiniLM pieces read per user turn ([CLS] and [SEP] included); longer turns are cut
 STATE_WIDTH = 384  # all-MiniLM-L6-v2's hidden size
+# Texts whose states are kept (oldest dropped first): about 23 KB a question, so ~1 GB at most,
+# which holds a training set's questions (ShapesWorld's 40,000 images ask ~22,000 distinct ones)
+# while a long-running server's memory stays bounded.
+CACHED_TEXTS = 50_000
 
 
 class FrozenMiniLM:
@@ -51,7 +55,8 @@ class FrozenMiniLM:
     @torch.no_grad()
     def states(self, texts: Sequence[str], batch_size: int = 256) -> list[torch.Tensor]:
         """Each text's (pieces, 384) contextual states, computed for the texts not yet cached."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        found = {t: self.cache[t] for t in texts if t in self.cache}
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             encodings = self.tokenizer.encode_batch(chunk)
@@ -61,8 +66,10 @@ class FrozenMiniLM:
                 ids[row, :len(e.ids)] = torch.tensor(e.ids)
             hidden = self.bert(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state  # (b, L, 384)
             for row, (text, e) in enumerate(zip(chunk, encodings)):
-                self.cache[text] = hidden[row, :len(e.ids)].clone()
-        return [self.cache[t] for t in texts]
+                found[text] = self.cache[text] = hidden[row, :len(e.ids)].clone()
+        for oldest in list(self.cache)[:max(0, len(self.cache) - CACHED_TEXTS)]:
+            del self.cache[oldest]
+        return [found[t] for t in texts]
 
 
 @lru_cache(maxsize=1)
