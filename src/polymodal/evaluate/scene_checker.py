@@ -110,7 +110,7 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
 
 def agrees(detections: list[Detection], objects: list[dict], tolerance: float = 3.0) -> bool:
     """Whether the detections are exactly the scene's objects: the same colour, shape and size,
-    each centre within `tolerance` pixels (scaled to 64 px) of the true one."""
+    each centre within `tolerance` pixels of the true one."""
     if len(detections) != len(objects):
         return False
     remaining = list(detections)
