@@ -44,16 +44,19 @@ def data_shapes(
     unseen: int = typer.Option(1000, help="test_unseen images (held-out colour-shape combinations)."),
     image_size: int = typer.Option(64, help="Image side in pixels."),
     captions: int = typer.Option(5, help="Captions per image."),
+    prompt_captions: int = typer.Option(0, "--prompt-captions", help=(
+        "Extra GenEval-style prompt captions per training image ('two circles', 'a red star left of a blue square'), "
+        "so that a text-to-image model learns the phrasing it is scored on.")),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
     workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
 ):
     """Generate a ShapesWorld dataset: images of 1-3 coloured shapes with captions."""
     from .data.synthetic.shapes import ShapesConfig, generate
 
-    if min(n, val, test, unseen) < 0 or image_size < 32:
+    if min(n, val, test, unseen, prompt_captions) < 0 or image_size < 32:
         raise typer.BadParameter("counts must be >= 0 and --image-size >= 32")
     cfg = ShapesConfig(n_train=n, n_val=val, n_test=test, n_unseen=unseen, image_size=image_size,
-                       captions_per_image=captions, seed=seed)
+                       captions_per_image=captions, seed=seed, prompt_captions=prompt_captions)
     generate(out, cfg, workers=workers)
     console.print(f"wrote {n + val + test + unseen} images to {out}")
 

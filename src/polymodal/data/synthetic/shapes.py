@@ -393,6 +393,71 @@ def _exchange_places(objects: list[dict], image_size: int) -> list[dict] | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# GenEval-style prompts (Ghosh et al., 2023): short, first synonyms, no sizes
+
+
+PROMPT_CATEGORIES = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
+NUMBER_WORDS = ("zero", "one", "two", "three")
+# Which two objects a two-object prompt may name: two_objects and colour_attribution need different
+# shapes (and colour_attribution different colours too), else swapping colours would keep it true.
+PAIR_RULES = {
+    "two_objects": lambda a, b: a["shape"] != b["shape"],
+    "position": lambda a, b: True,
+    "colour_attribution": lambda a, b: a["shape"] != b["shape"] and a["colour"] != b["colour"],
+}
+
+
+def scene_prompt(objects: list[dict], category: str, rng: random.Random) -> dict | None:
+    """A prompt of `category` that is true of the scene, or None where the category cannot apply.
+
+    The spec keeps what a checker needs: each named object's shape, colour (None when unsaid) and
+    count (at least that many; exactly that many for "counting"), and for "position" the relation
+    [i, rel, j] between the named objects. One draw from `rng` per call."""
+    if category not in PROMPT_CATEGORIES:
+        raise ValueError(f"unknown prompt category '{category}' (one of {', '.join(PROMPT_CATEGORIES)})")
+    if category == "counting":
+        shape = rng.choice(objects)["shape"]  # drawn by object, so a shape the scene repeats comes up more
+        count = sum(o["shape"] == shape for o in objects)
+        noun = shape if count == 1 else shape + ("es" if shape.endswith("s") else "s")
+        return _prompt_spec(f"{NUMBER_WORDS[count]} {noun}", category, [(None, shape, count)])
+    if category in ("single_object", "colours"):
+        chosen = [rng.choice(objects)]
+    else:
+        pairs = [(a, b) for a in objects for b in objects if a is not b and PAIR_RULES[category](a, b)]
+        if not pairs:
+            return None
+        chosen = list(rng.choice(pairs))
+    coloured = category not in ("single_object", "two_objects")
+    named = [(o["colour"] if coloured else None, o["shape"], 1) for o in chosen]
+    nouns = [_prompt_noun(colour, shape) for colour, shape, _ in named]
+    if category == "position":
+        rel = relation(*chosen)
+        return _prompt_spec(f"{nouns[0]} {rel} {nouns[1]}", category, named, [0, rel, 1])
+    return _prompt_spec(" and ".join(nouns), category, named)
+
+
+def _prompt_noun(colour: str | None, shape: str) -> str:
+    words = f"{colour} {shape}" if colour else shape
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"  # "an orange star"
+
+
+def _prompt_spec(text: str, category: str, named: list[tuple], rel: list | None = None) -> dict:
+    objects = [{"shape": shape, "colour": colour, "count": count} for colour, shape, count in named]
+    return {"text": text, "category": category, "objects": objects, "relation": rel}
+
+
+def prompt_captions(objects: list[dict], rng: random.Random, n: int) -> list[str]:
+    """`n` prompts true of the scene, each of a category drawn evenly from those that apply: extra
+    training captions, so that a text-to-image model learns the phrasing it is scored on."""
+    out: list[str] = []
+    while len(out) < n:  # single_object always applies, so this ends
+        spec = scene_prompt(objects, rng.choice(PROMPT_CATEGORIES), rng)
+        if spec is not None:
+            out.append(spec["text"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Matching captions to scenes (the retrieval ground truth)
 
 
@@ -427,13 +492,14 @@ class ShapesConfig:
     image_size: int = 64
     captions_per_image: int = 5
     seed: int = 0
+    prompt_captions: int = 0  # GenEval-style prompts appended to each training record's captions
 
 
 CHUNK = 500  # images per work unit; each unit has its own seed, so output is independent of workers
 
 
 def _generate_chunk(args) -> list[dict]:
-    out_dir, split, start, count, seed, image_size, n_captions = args
+    out_dir, split, start, count, seed, image_size, n_captions, n_prompts = args
     rng = random.Random(f"{seed}/{split}/{start}")
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in UNSEEN_COMBOS]
     combos, must = (list(seen) + list(UNSEEN_COMBOS), list(UNSEEN_COMBOS)) if split == "test_unseen" else (seen, None)
@@ -446,6 +512,10 @@ def _generate_chunk(args) -> list[dict]:
         objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "x": o.x, "y": o.y} for o in objs]
         attributes = {"objects": objects, "relations": scene_facts(objs)}
         captions = [describe(objects, attributes["relations"], rng) for _ in range(n_captions)]
+        # Training captions only: retrieval scoring matches an evaluation caption to whole scenes.
+        # Their own rng, so the other captions stay as they were without them.
+        if n_prompts and split == "train":
+            captions += prompt_captions(objects, random.Random(f"{seed}/{split}/{idx}/prompts"), n_prompts)
         if split != "train":
             attributes["rephrased"] = [describe(objects, attributes["relations"], rng, heldout=True) for _ in range(2)]
         records.append(Record(id=rec_id, split=split, image=rel_path, text=captions, attributes=attributes).to_json())
@@ -460,8 +530,8 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
     jobs = []
     for split, n in sizes.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(str(out), split, s, min(CHUNK, n - s), config.seed, config.image_size, config.captions_per_image)
-                 for s in range(0, n, CHUNK)]
+        jobs += [(str(out), split, s, min(CHUNK, n - s), config.seed, config.image_size, config.captions_per_image,
+                  config.prompt_captions) for s in range(0, n, CHUNK)]
     workers = workers or min(len(jobs), mp.cpu_count()) or 1
     records: list[dict] = []
     total = sum(sizes.values())
@@ -478,8 +548,9 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
                 records += chunk
                 bar.advance(task, len(chunk))
     write_manifest(out / "manifest.jsonl", (Record.from_json(r) for r in records))
+    settings = {k: v for k, v in config.__dict__.items() if k != "prompt_captions" or v}  # as before when 0
     meta = {
-        "generator": "shapes", "kind": "shapesworld", "version": 1, **config.__dict__, "splits": sizes,
+        "generator": "shapes", "kind": "shapesworld", "version": 1, **settings, "splits": sizes,
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
         "unseen_combos": [list(c) for c in UNSEEN_COMBOS],
     }
