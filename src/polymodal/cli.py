@@ -236,6 +236,7 @@ def demo_cmd(
 # Each feature area keeps its commands in its own module; they import their libraries lazily.
 from .chat_cli import chat_cmd, chat_eval_cmd, chat_train_cmd, data_questions  # noqa: E402  (image-grounded chat)
 from .cli_export import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
+from .diffusion_cli import generate_cmd, train_generator_cmd  # noqa: E402  (text-to-image)
 from .generative_cli import caption_app  # noqa: E402  (captioning)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
@@ -250,6 +251,8 @@ app.add_typer(lora_app, name="lora")
 app.add_typer(index_app, name="index")
 app.add_typer(lab_app, name="lab")
 app.add_typer(caption_app, name="caption")
+app.command("train-generator")(train_generator_cmd)
+app.command("generate")(generate_cmd)
 app.command("search")(search_cmd)
 app.command("serve")(serve_cmd)
 
