@@ -1,6 +1,6 @@
 """The search page in headless Chromium (Playwright driving the system's /usr/bin/chromium): the
-search, and the chat panel (a streamed answer, a follow-up, a caption of a search result, bad
-input shown as one error line)."""
+search, the chat panel (a streamed answer, a follow-up, a caption of a search result, bad input
+shown as one error line), and the draw panel (a prompt -> the text-to-image model's images)."""
 
 import json
 import shutil
@@ -212,3 +212,42 @@ def test_chat_panel_shows_bad_input_as_one_error_line(chat_server, index_dir, tm
         page.wait_for_function(f"document.querySelector('#chat-status').textContent.includes('{reason}')")
         assert page.get_attribute("#chat-status", "class") == "error" and "\n" not in page.inner_text("#chat-status")
     assert page.locator("#chat-log .turn").count() == 0  # a refused question is not kept
+
+
+@pytest.fixture(scope="module")
+def draw_server(index_dir):
+    """A server with a tiny (untrained) text-to-image pipeline beside the index: (URL, the model)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("torch").manual_seed(0)
+    from polymodal.models.generative.diffusion import create_text_to_image
+    from polymodal.server.app import ServerConfig, create_app
+
+    model = create_text_to_image("shapes-diffusion-tiny")
+    for url in serve_in_thread(create_app(ServerConfig(index=str(index_dir)), generator=model)):
+        yield url, model
+
+
+def test_draw_panel_shows_the_models_images_and_bad_input_as_one_line(draw_server, page):
+    import base64
+
+    url, model = draw_server
+    page.goto(url)
+    page.fill("#prompt", "a red circle left of a blue square")
+    page.fill("#draw-n", "2")
+    page.fill("#draw-steps", "3")
+    page.fill("#draw-seed", "7")
+    page.click("#draw-form button")
+    page.wait_for_function("document.querySelectorAll('#drawn img').length === 2")
+    shown = [page.get_attribute(f"#drawn img:nth-child({i})", "src") for i in (1, 2)]
+    expected = model.generate("a red circle left of a blue square", n=2, steps=3, seed=7, guidance=3.0)
+    for src, image in zip(shown, expected):
+        from io import BytesIO
+
+        from PIL import Image
+
+        drawn = Image.open(BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert list(drawn.getdata()) == list(image.getdata())
+    page.fill("#prompt", "   ")
+    page.click("#draw-form button")
+    page.wait_for_selector("#draw-status.error")
+    assert "empty text" in page.inner_text("#draw-status") and "\n" not in page.inner_text("#draw-status")

@@ -158,7 +158,8 @@ def serve_cmd(
     threads: int = typer.Option(1, min=0, help="Torch and BLAS threads for inference, per worker (0: torch's own)."),
     max_batch: int = typer.Option(32, min=1, help="Most queries encoded in one forward pass."),
     max_wait_ms: float = typer.Option(2.0, min=0, help="Longest a batch waits for as many queries as the last held."),
-    generator: str | None = typer.Option(None, help="A captioner or chat model for POST /caption and /chat."),
+    generator: str | None = typer.Option(None, help="A captioner or chat model for POST /caption and /chat, or a "
+                                    "text-to-image pipeline for POST /generate."),
 ):
     """Serve an index over HTTP: REST API, OpenAPI docs at /docs, a search page at /."""
     from ..server.config import ServerConfig

@@ -19,7 +19,7 @@ class ServerConfig:
     reload_interval_s: float = 1.0  # how often the index on disk is checked for changes (0: never)
     threads: int | None = 1  # torch and BLAS threads for inference (None: their own, all cores): see engine.load
     workers: int = 1  # server processes sharing the port, each with its own model and batchers
-    generator: str | None = None  # a captioner or chat model (polymodal.load) for /caption and /chat
+    generator: str | None = None  # captioner, chat or text-to-image model (polymodal.load): /caption, /chat, /generate
     max_images: int = 16  # images one /caption request may send
 
     def __post_init__(self):

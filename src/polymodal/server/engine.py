@@ -170,10 +170,12 @@ class Engine:
 
 
 def load_generator(source: str):
-    """A model that captions (`caption`) or chats (`chat_stream`), or an error naming what it is."""
+    """A model that captions (`caption`), chats (`chat_stream`) or draws (`generate`), or an error
+    naming what it is."""
     model = load_model(source)
-    if not (hasattr(model, "caption") or hasattr(model, "chat_stream")):
-        raise CheckpointError(f"{source}: not a generative model ({type(model).__name__} neither captions nor chats)")
+    if not any(hasattr(model, method) for method in ("caption", "chat_stream", "generate")):
+        raise CheckpointError(f"{source}: not a generative model ({type(model).__name__} neither captions, "
+                              "chats nor generates images)")
     return model
 
 

@@ -109,7 +109,8 @@ class Health(BaseModel):
     index_loaded_at: float | None = Field(None, description="When the index now served was loaded (Unix time).")
     error: str | None = Field(None, description="Why loading failed, or why the last reload failed (the "
                                                    "index loaded before it still serves).")
-    generator_loaded: bool = Field(False, description="Whether a captioner or chat model serves /caption and /chat.")
+    generator_loaded: bool = Field(False, description="Whether a generative model (captioner, chat or "
+                                                      "text-to-image) is loaded.")
 
 
 class KnnHit(BaseModel):
@@ -225,3 +226,27 @@ class ChatRequest(BaseModel):
 
 class ChatResponse(BaseModel):
     answer: str
+
+
+# -- generation: /generate (text to image) ---------------------------------------------------------
+
+MAX_GENERATED = 16  # images per request
+MAX_GENERATE_STEPS = 250  # denoising steps per request: a server answers in seconds, not minutes
+SCHEDULERS = ("ddpm", "ddim", "dpm++", "euler")
+
+
+class GenerateRequest(BaseModel):
+    model_config = STRICT
+
+    prompt: TurnText = Field(description="What to draw, e.g. 'a red circle left of a blue square'.")
+    n: integer(ge=1, le=MAX_GENERATED) = 4
+    steps: integer(ge=1, le=MAX_GENERATE_STEPS) = 25
+    guidance: float = Field(3.0, ge=0, le=50, allow_inf_nan=False,
+                            description="Classifier-free guidance scale (<= 1: none).")
+    seed: integer(ge=0, le=2**63 - 1) = 0
+    scheduler: Literal[SCHEDULERS] = Field("dpm++", description="The sampler: DDPM, DDIM, DPM-Solver++ or Euler.")
+
+
+class GenerateResponse(BaseModel):
+    prompt: str
+    images: list[Base64Image] = Field(description="PNG files, base64-encoded, in the order sampled.")

@@ -1,6 +1,7 @@
-"""Generation: POST /caption (uploaded images -> one caption each) and POST /chat (an image and a
-conversation -> the answer, streamed as server-sent events or as one JSON answer), served by the
-generative model `polymodal serve --generator M` loads beside the index.
+"""Generation: POST /caption (uploaded images -> one caption each), POST /chat (an image and a
+conversation -> the answer, streamed as server-sent events or as one JSON answer) and POST /generate
+(a prompt -> PNG images), served by the generative model `polymodal serve --generator M` loads
+beside the index.
 
 Decoding runs on the engine's inference thread, never on the event loop: a caption request is one
 call there, a streamed answer one call per piece, so searches go on between the pieces of a long
@@ -9,6 +10,8 @@ answer.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -96,7 +99,24 @@ def build_router(max_images: int) -> APIRouter:
             first = await eng.call(next, pieces, None)
         return EventSourceResponse(answer_events(eng, pieces, first), headers=STREAM_HEADERS)
 
+    @router.post("/generate", response_model=schemas.GenerateResponse, responses=BAD_BODY)
+    async def generate(body: schemas.GenerateRequest, eng: Engine = Depends(ready_engine)):
+        """A prompt -> `n` images from the text-to-image model (the same seed, the same images)."""
+        model = generator_that(eng, "generate", "generate images")
+        try:
+            images = await eng.call(model.generate, [body.prompt], n=body.n, steps=body.steps,
+                                    guidance=body.guidance, seed=body.seed, scheduler=body.scheduler)
+        except ValueError as err:  # the model's own refusal (e.g. a prompt of special tokens alone)
+            raise HTTPException(400, str(err)) from None
+        return {"prompt": body.prompt, "images": [png_base64(image) for image in images]}
+
     return router
+
+
+def png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def generator_that(eng: Engine, method: str, doing: str):

@@ -1,0 +1,137 @@
+"""Text-to-image diffusion (issue 13): the saved pipeline is diffusers' own (its loader and its
+__call__ give our images), every scheduler samples, bad requests get one clear line or a 4xx, and
+the CLI and server generate."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("diffusers")
+from polymodal.backends import load_model  # noqa: E402
+from polymodal.cli import app  # noqa: E402
+from polymodal.models.generative.diffusion import (  # noqa: E402
+    SCHEDULERS,
+    TextToImageModel,
+    create_text_to_image,
+    make_scheduler,
+)
+
+PROMPT = "a red circle left of a blue square"
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    """A tiny untrained text-to-image pipeline, saved."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("t2i") / "pipeline"
+    create_text_to_image("shapes-diffusion-tiny").save(out, extra={"note": "untrained"})
+    return out
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+def test_the_pipeline_round_trips_through_diffusers_own_loader(pipeline_dir):
+    from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
+
+    ours = load_model(pipeline_dir)
+    assert isinstance(ours, TextToImageModel) and ours.meta["note"] == "untrained" and ours.image_size == 64
+    theirs = DiffusionPipeline.from_pretrained(pipeline_dir)
+    assert isinstance(theirs, StableDiffusionPipeline) and isinstance(theirs.scheduler, DDPMScheduler)
+    for name in ("ddim", "dpm++"):
+        theirs.scheduler = make_scheduler(name, theirs.scheduler.config)
+        expected = theirs([PROMPT], num_inference_steps=4, guidance_scale=3.0, height=64, width=64,
+                          generator=torch.Generator().manual_seed(5)).images[0]
+        got = ours.generate(PROMPT, steps=4, guidance=3.0, seed=5, scheduler=name)[0]
+        assert np.abs(pixels(expected) - pixels(got)).max() <= 1, name
+    assert isinstance(load_model(pipeline_dir).pipeline.scheduler, DDPMScheduler)  # sampling did not change it
+
+
+def test_every_scheduler_samples_and_a_seed_repeats(pipeline_dir):
+    model = load_model(pipeline_dir)
+    for name in SCHEDULERS:
+        images = model.generate([PROMPT, "two stars"], n=2, steps=3, seed=1, scheduler=name)
+        assert len(images) == 4 and all(im.size == (64, 64) for im in images), name
+    again = model.generate([PROMPT, "two stars"], n=2, steps=3, seed=1, scheduler="euler")
+    assert all((pixels(a) == pixels(b)).all() for a, b in zip(images, again))
+    assert (pixels(model.generate(PROMPT, steps=3, seed=2)[0]) != pixels(model.generate(PROMPT, steps=3)[0])).any()
+    assert model.generate(PROMPT, steps=2, size=32)[0].size == (32, 32)
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"prompts": "   "}, "empty prompt"), ({"prompts": []}, "empty prompt"), ({"steps": 0}, "steps must be"),
+    ({"size": 100_000}, "size must be"), ({"size": 60}, "size must be"), ({"scheduler": "plms"}, "unknown scheduler"),
+    ({"n": 0}, "n must be"), ({"n": 1000}, "n must be"), ({"guidance": -1.0}, "guidance must be"),
+])
+def test_a_bad_request_is_one_clear_line(pipeline_dir, kwargs, reason):
+    model = load_model(pipeline_dir)
+    with pytest.raises(ValueError, match=reason) as err:
+        model.generate(**{"prompts": PROMPT, "steps": 2, **kwargs})
+    assert "\n" not in str(err.value)
+
+
+def test_the_cli_generates_a_grid_and_refuses_bad_input(pipeline_dir, tmp_path):
+    grid = tmp_path / "out" / "grid.png"
+    run = CliRunner().invoke(app, ["generate", PROMPT, "two stars", "--model", str(pipeline_dir), "--n", "3",
+                                   "--steps", "2", "--out", str(grid)])
+    assert run.exit_code == 0, run.output
+    assert Image.open(grid).size == (3 * 64, 2 * 64)
+    assert [p.name for p in grid.parent.iterdir()] == ["grid.png"]  # no temporary file left
+    for args, reason in [(["--steps", "0"], "steps"), (["--scheduler", "plms"], "unknown scheduler"),
+                         (["--out", str(tmp_path / "grid.xyz")], "unknown image format")]:
+        run = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(pipeline_dir), *args])
+        assert run.exit_code != 0 and reason in (run.output + str(run.exception)), args
+    run = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(tmp_path)])
+    assert run.exit_code != 0
+
+
+def test_a_non_pipeline_directory_is_refused(tmp_path):
+    from polymodal.errors import CheckpointError
+    from polymodal.models.generative.diffusion import load_text_to_image
+
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(CheckpointError, match="not a loadable diffusers pipeline"):
+        load_text_to_image(tmp_path)
+    with pytest.raises(CheckpointError, match="no model_index.json"):
+        load_text_to_image(tmp_path / "nothing")
+
+
+@pytest.fixture(scope="module")
+def draw_server(tmp_path_factory, shapes_dir, pipeline_dir):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from search_helpers import make_index
+    from test_server import wait_ready
+
+    import polymodal
+    from polymodal.server.app import ServerConfig, create_app
+
+    model_dir, _, index = make_index(tmp_path_factory.mktemp("draw"), shapes_dir, n=8)
+    config = ServerConfig(index=str(index), generator=str(pipeline_dir))
+    with TestClient(create_app(config, model=polymodal.load(model_dir))) as client:
+        assert wait_ready(client)["generator_loaded"]
+        yield client, client.app.state.engine.generator
+
+
+def test_post_generate_returns_the_models_images(draw_server):
+    client, model = draw_server
+    response = client.post("/generate", json={"prompt": PROMPT, "n": 2, "steps": 3, "seed": 4, "scheduler": "ddim"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    got = [Image.open(io.BytesIO(base64.b64decode(png))) for png in body["images"]]
+    expected = model.generate(PROMPT, n=2, steps=3, seed=4, scheduler="ddim")
+    assert body["prompt"] == PROMPT and [pixels(g).tolist() for g in got] == [pixels(e).tolist() for e in expected]
+
+
+@pytest.mark.parametrize("body", [{"prompt": "  "}, {"prompt": PROMPT, "steps": 0}, {"prompt": PROMPT, "n": 100},
+                                  {"prompt": PROMPT, "scheduler": "plms"}, {"prompt": PROMPT, "guidance": -1},
+                                  {"prompt": PROMPT, "seed": -1}, {}])
+def test_post_generate_refuses_bad_input(draw_server, body):
+    response = draw_server[0].post("/generate", json=body)
+    assert 400 <= response.status_code < 500 and response.json()["detail"]
