@@ -61,6 +61,27 @@ def data_shapes(
     console.print(f"wrote {n + val + test + unseen} images to {out}")
 
 
+@data_app.command("moving-shapes")
+def data_moving_shapes(
+    out: Path = typer.Argument(..., help="Directory to write (clips/, images/, manifest.jsonl, dataset.json)."),
+    n: int = typer.Option(4000, "--n", min=0, help="Training clips."),
+    val: int = typer.Option(200, min=0, help="Validation clips."),
+    test: int = typer.Option(400, min=0, help="Test clips (seen colour-shape combinations)."),
+    unseen: int = typer.Option(400, min=0, help="test_unseen clips (held-out colour-shape combinations)."),
+    frames: int = typer.Option(8, min=2, max=64, help="Frames per clip."),
+    image_size: int = typer.Option(32, min=32, max=256, help="Frame side in pixels."),
+    captions: int = typer.Option(3, min=1, help="Captions per clip."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
+    workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
+):
+    """Generate Moving ShapesWorld: captioned clips of shapes that move, stay, grow or change colour."""
+    from .data.synthetic.moving_shapes import MovingShapesConfig, generate
+
+    generate(out, MovingShapesConfig(n_train=n, n_val=val, n_test=test, n_unseen=unseen, frames=frames,
+                                     image_size=image_size, captions_per_clip=captions, seed=seed), workers=workers)
+    console.print(f"wrote {n + val + test + unseen} clips to {out}")
+
+
 @data_app.command("info")
 def data_info(
     source: Path = typer.Argument(..., help="A dataset: directory, COCO JSON, CSV/TSV, or class folder."),
@@ -240,6 +261,7 @@ from .diffusion_cli import generate_cmd, train_generator_cmd  # noqa: E402  (tex
 from .generative_cli import caption_app  # noqa: E402  (captioning)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
+from .video_cli import train_video_generator_cmd  # noqa: E402  (text-to-video)
 
 data_app.command("sort-of-clevr")(sort_of_clevr)
 data_app.command("questions")(data_questions)
@@ -252,6 +274,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(lab_app, name="lab")
 app.add_typer(caption_app, name="caption")
 app.command("train-generator")(train_generator_cmd)
+app.command("train-video-generator")(train_video_generator_cmd)
 app.command("generate")(generate_cmd)
 app.command("search")(search_cmd)
 app.command("serve")(serve_cmd)

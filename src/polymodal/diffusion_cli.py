@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from .cli_options import parse_duration
+from .video_cli import generate_video
 
 console = Console()
 
@@ -52,13 +53,19 @@ def generate_cmd(
     scheduler: str = typer.Option("dpm++", help="ddpm, ddim, dpm++ (DPM-Solver++) or euler."),
     seed: int = typer.Option(0),
     size: int | None = typer.Option(None, help="Image side in pixels (default: the model's)."),
-    out: Path = typer.Option(Path("generated.png"), help="Where to write the grid (a row per prompt)."),
+    video: bool = typer.Option(False, "--video", help="A text-to-video model: write the clips as one animated GIF."),
+    out: Path | None = typer.Option(None, help="Where to write the grid, a row per prompt (default: generated.png, "
+                                               "or generated.gif with --video)."),
 ):
-    """Generate images from PROMPTS and write them as one grid image."""
+    """Generate images (or, with --video, clips) from PROMPTS and write them as one grid."""
     from .backends import load_model
     from .errors import CheckpointError
     from .models.generative.diffusion import write_grid
-
+    if video:
+        generate_video(model, prompts, n=n, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
+                       out=out or Path("generated.gif"))
+        return
+    out = out or Path("generated.png")
     generator = load_model(model)
     if not hasattr(generator, "generate"):
         raise CheckpointError(f"{model}: not a text-to-image model (train one with `polymodal train-generator`)")

@@ -11,8 +11,9 @@ Sources (see `load_model`):
                                          export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint (aligned, or generative: a
                                          captioner or chat model, by the kind in config.json),
-                                         or a diffusers text-to-image pipeline (model_index.json:
-                                         `polymodal train-generator`'s, or a local Stable Diffusion)
+                                         or a diffusers text-to-image / text-to-video pipeline
+                                         (model_index.json: `polymodal train-generator`'s or
+                                         `train-video-generator`'s, or a local Stable Diffusion)
 
 Each backend imports its own library (transformers, open_clip, onnxruntime, peft) inside the
 functions that need it: they are optional extras, and slow to import.
@@ -28,6 +29,7 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.generative.captioner import load_captioner
 from ..models.generative.chat import load_chat_model
 from ..models.generative.diffusion import is_diffusers_pipeline, load_text_to_image
+from ..models.generative.video_diffusion import is_text_to_video_pipeline, load_text_to_video
 from ..utils import atomic_path
 from .base import BACKEND_FILE, PretrainedModel
 from .hf import is_hf_dir, load_hf
@@ -71,6 +73,8 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return model.to(device)
     if (path / ONNX_FILE).is_file():
         return load_onnx(path).to(device)
+    if is_text_to_video_pipeline(path):
+        return load_text_to_video(path, device)
     if is_diffusers_pipeline(path):
         return load_text_to_image(path, device)
     if is_open_clip_dir(path):

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 
 from ...utils import atomic_path, progress_bar, write_json
 from ..schema import Record, write_manifest
-from .shapes import COLOURS, SHAPES, SIZES, TRAIN_WORDS, UNSEEN_COMBOS, _polygon
+from .shapes import COLOURS, SHAPES, SIZES, TRAIN_WORDS, UNSEEN_COMBOS, polygon
 
 BACKGROUND = (20, 20, 24)  # the ShapesWorld renderer's
 EVENTS = ("move", "stay", "grow", "recolour")
@@ -196,7 +196,7 @@ def render_clip(attributes: dict, frames: int = 8, image_size: int = 32) -> list
             if shape == "circle":
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=COLOURS[colour])
             else:
-                draw.polygon(_polygon(shape, x, y, r), fill=COLOURS[colour])
+                draw.polygon(polygon(shape, x, y, r), fill=COLOURS[colour])
         out.append(img)
     return out
 

@@ -158,7 +158,7 @@ def scene_facts(objs: list[Obj]) -> list[list]:
 # Rendering
 
 
-def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
+def polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
     if shape == "square":
         s = r / math.sqrt(2)
         return [(x - s, y - s), (x + s, y - s), (x + s, y + s), (x - s, y + s)]
@@ -189,7 +189,7 @@ def render(objs: list[Obj], image_size: int = 64) -> Image.Image:
         if o.shape == "circle":
             draw.ellipse((o.x - r, o.y - r, o.x + r, o.y + r), fill=COLOURS[o.colour])
         else:
-            draw.polygon(_polygon(o.shape, o.x, o.y, r), fill=COLOURS[o.colour])
+            draw.polygon(polygon(o.shape, o.x, o.y, r), fill=COLOURS[o.colour])
     return img
 
 
