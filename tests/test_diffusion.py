@@ -25,12 +25,18 @@ PROMPT = "a red circle left of a blue square"
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    """A tiny untrained text-to-image pipeline, saved."""
+def made(tmp_path_factory):
+    """A tiny untrained text-to-image model, and the directory it was saved to."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("t2i") / "pipeline"
-    create_text_to_image("shapes-diffusion-tiny").save(out, extra={"note": "untrained"})
-    return out
+    model = create_text_to_image("shapes-diffusion-tiny")
+    model.save(out, extra={"note": "untrained"})
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(made):
+    return made[1]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -41,27 +47,35 @@ def test_the_pipeline_round_trips_through_diffusers_own_loader(pipeline_dir):
     from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
 
     ours = load_model(pipeline_dir)
-    assert isinstance(ours, TextToImageModel) and ours.meta["note"] == "untrained" and ours.image_size == 64
+    assert isinstance(ours, TextToImageModel) and ours.meta["note"] == "untrained" and ours.image_size == 32
     theirs = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert isinstance(theirs, StableDiffusionPipeline) and isinstance(theirs.scheduler, DDPMScheduler)
     for name in ("ddim", "dpm++"):
         theirs.scheduler = make_scheduler(name, theirs.scheduler.config)
-        expected = theirs([PROMPT], num_inference_steps=4, guidance_scale=3.0, height=64, width=64,
+        expected = theirs([PROMPT], num_inference_steps=4, guidance_scale=3.0, height=32, width=32,
                           generator=torch.Generator().manual_seed(5)).images[0]
         got = ours.generate(PROMPT, steps=4, guidance=3.0, seed=5, scheduler=name)[0]
         assert np.abs(pixels(expected) - pixels(got)).max() <= 1, name
     assert isinstance(load_model(pipeline_dir).pipeline.scheduler, DDPMScheduler)  # sampling did not change it
 
 
+def test_a_model_samples_alike_before_and_after_a_reload(made):
+    model, directory = made
+    for name in SCHEDULERS:
+        before = model.generate(PROMPT, steps=3, seed=2, scheduler=name)[0]
+        after = load_model(directory).generate(PROMPT, steps=3, seed=2, scheduler=name)[0]
+        assert np.abs(pixels(before) - pixels(after)).max() <= 1, name
+
+
 def test_every_scheduler_samples_and_a_seed_repeats(pipeline_dir):
     model = load_model(pipeline_dir)
     for name in SCHEDULERS:
         images = model.generate([PROMPT, "two stars"], n=2, steps=3, seed=1, scheduler=name)
-        assert len(images) == 4 and all(im.size == (64, 64) for im in images), name
+        assert len(images) == 4 and all(im.size == (32, 32) for im in images), name
     again = model.generate([PROMPT, "two stars"], n=2, steps=3, seed=1, scheduler="euler")
     assert all((pixels(a) == pixels(b)).all() for a, b in zip(images, again))
     assert (pixels(model.generate(PROMPT, steps=3, seed=2)[0]) != pixels(model.generate(PROMPT, steps=3)[0])).any()
-    assert model.generate(PROMPT, steps=2, size=32)[0].size == (32, 32)
+    assert model.generate(PROMPT, steps=2, size=64)[0].size == (64, 64)
 
 
 @pytest.mark.parametrize(("kwargs", "reason"), [
@@ -81,7 +95,7 @@ def test_the_cli_generates_a_grid_and_refuses_bad_input(pipeline_dir, tmp_path):
     run = CliRunner().invoke(app, ["generate", PROMPT, "two stars", "--model", str(pipeline_dir), "--n", "3",
                                    "--steps", "2", "--out", str(grid)])
     assert run.exit_code == 0, run.output
-    assert Image.open(grid).size == (3 * 64, 2 * 64)
+    assert Image.open(grid).size == (3 * 32, 2 * 32)
     assert [p.name for p in grid.parent.iterdir()] == ["grid.png"]  # no temporary file left
     for args, reason in [(["--steps", "0"], "steps"), (["--scheduler", "plms"], "unknown scheduler"),
                          (["--out", str(tmp_path / "grid.xyz")], "unknown image format")]:
@@ -135,3 +149,30 @@ def test_post_generate_returns_the_models_images(draw_server):
 def test_post_generate_refuses_bad_input(draw_server, body):
     response = draw_server[0].post("/generate", json=body)
     assert 400 <= response.status_code < 500 and response.json()["detail"]
+
+
+def test_a_users_own_stable_diffusion_directory_loads_behind_the_same_generate(tmp_path):
+    """A pipeline polymodal did not make (CLIP's text encoder, no polymodal.json) generates alike."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from polymodal.models.generative.diffusion import load_minilm_text_encoder
+
+    torch.manual_seed(0)
+    _, tokenizer = load_minilm_text_encoder(16)  # any tokenizer with the encoder's vocabulary will do
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=37,
+                                           num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(32, 64), latent_channels=4, norm_num_groups=32,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(),
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "sd")
+    model = load_model(tmp_path / "sd")
+    assert isinstance(model, TextToImageModel) and model.config is None and model.image_size == 16
+    images = model.generate(["a cat"], n=2, steps=2, scheduler="euler")
+    assert [im.size for im in images] == [(16, 16)] * 2
+    assert isinstance(load_model(tmp_path / "sd").pipeline.scheduler, PNDMScheduler)
