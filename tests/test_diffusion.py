@@ -103,6 +103,8 @@ def test_the_cli_generates_a_grid_and_refuses_bad_input(pipeline_dir, tmp_path):
         assert run.exit_code != 0 and reason in (run.output + str(run.exception)), args
     run = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(tmp_path)])
     assert run.exit_code != 0
+    run = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(pipeline_dir), "--video"])
+    assert run.exit_code != 0 and "text-to-video" in str(run.exception)
 
 
 def test_a_non_pipeline_directory_is_refused(tmp_path):

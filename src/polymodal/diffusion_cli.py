@@ -69,6 +69,8 @@ def generate_cmd(
     generator = load_model(model)
     if not hasattr(generator, "generate"):
         raise CheckpointError(f"{model}: not a text-to-image model (train one with `polymodal train-generator`)")
+    if hasattr(generator, "frames"):
+        raise CheckpointError(f"{model}: a text-to-video model: add --video to write its clips as a GIF")
     images = generator.generate(prompts, n=n, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                 size=size, progress=True)
     write_grid(images, columns=n, path=out)

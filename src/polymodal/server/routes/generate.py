@@ -103,6 +103,8 @@ def build_router(max_images: int) -> APIRouter:
     async def generate(body: schemas.GenerateRequest, eng: Engine = Depends(ready_engine)):
         """A prompt -> `n` images from the text-to-image model (the same seed, the same images)."""
         model = generator_that(eng, "generate", "generate images")
+        if hasattr(model, "frames"):
+            raise HTTPException(404, "the loaded model generates clips, not images (this route serves text-to-image)")
         try:
             images = await eng.call(model.generate, [body.prompt], n=body.n, steps=body.steps,
                                     guidance=body.guidance, seed=body.seed, scheduler=body.scheduler)
