@@ -34,7 +34,6 @@ ever shows (`shapes.UNSEEN_COMBOS`), and a recolouring never makes one outside `
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...utils import atomic_path, progress_bar, write_json
+from ...utils import atomic_path, write_json
 from ..schema import Record, write_manifest
+from .chunks import run_chunks
 from .shapes import COLOURS, SHAPES, SIZES, TRAIN_WORDS, UNSEEN_COMBOS, polygon
 
 BACKGROUND = (20, 20, 24)  # the ShapesWorld renderer's
@@ -332,20 +332,8 @@ def generate(out: str | Path, config: MovingShapesConfig, workers: int | None = 
             (out / folder / split).mkdir(parents=True, exist_ok=True)
         jobs += [(str(out), split, s, min(CHUNK, n - s), config.seed, config.frames, config.image_size,
                   config.captions_per_clip) for s in range(0, n, CHUNK)]
-    workers = workers or min(len(jobs), mp.cpu_count()) or 1
-    records: list[dict] = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("generating Moving-ShapesWorld", total=sum(sizes.values()))
-        if workers > 1:
-            with mp.get_context("fork").Pool(workers) as pool:
-                for chunk in pool.imap(_generate_chunk, jobs):
-                    records += chunk
-                    bar.advance(task, len(chunk))
-        else:
-            for job in jobs:
-                chunk = _generate_chunk(job)
-                records += chunk
-                bar.advance(task, len(chunk))
+    records = run_chunks(_generate_chunk, jobs, sum(sizes.values()), "generating Moving-ShapesWorld", workers,
+                         progress)
     write_manifest(out / "manifest.jsonl", (Record.from_json(r) for r in records))
     meta = {
         # "generic": the records have no ShapesWorld relations, so ShapesWorld's probes do not apply

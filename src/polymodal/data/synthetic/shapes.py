@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import multiprocessing as mp
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...utils import progress_bar, write_json
+from ...utils import write_json
 from ..kinds import DATASET_KINDS, AttributeTask, DatasetKind
 from ..schema import Record, write_manifest
+from .chunks import run_chunks
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -532,21 +532,7 @@ def generate(out: str | Path, config: ShapesConfig, workers: int | None = None, 
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         jobs += [(str(out), split, s, min(CHUNK, n - s), config.seed, config.image_size, config.captions_per_image,
                   config.prompt_captions) for s in range(0, n, CHUNK)]
-    workers = workers or min(len(jobs), mp.cpu_count()) or 1
-    records: list[dict] = []
-    total = sum(sizes.values())
-    with progress_bar(progress) as bar:
-        task = bar.add_task("generating ShapesWorld", total=total)
-        if workers > 1:
-            with mp.get_context("fork").Pool(workers) as pool:
-                for chunk in pool.imap(_generate_chunk, jobs):
-                    records += chunk
-                    bar.advance(task, len(chunk))
-        else:
-            for job in jobs:
-                chunk = _generate_chunk(job)
-                records += chunk
-                bar.advance(task, len(chunk))
+    records = run_chunks(_generate_chunk, jobs, sum(sizes.values()), "generating ShapesWorld", workers, progress)
     write_manifest(out / "manifest.jsonl", (Record.from_json(r) for r in records))
     settings = {k: v for k, v in config.__dict__.items() if k != "prompt_captions" or v}  # as before when 0
     meta = {

@@ -57,8 +57,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DiffusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data)
 
 
 PRESETS = {
@@ -69,14 +68,25 @@ PRESETS = {
 }
 
 
-def get_diffusion_config(name: str) -> DiffusionConfig:
-    """A preset by name, or a JSON file of DiffusionConfig fields by path."""
+def config_from_dict(cls, data: dict):
+    """A config dataclass from JSON fields (lists back to tuples; unknown keys ignored, so a newer
+    file still loads)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+
+def preset_or_file(name: str, presets: dict, cls, what: str):
+    """A preset by name, or a JSON file of `cls`'s fields by path."""
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
-        return DiffusionConfig.from_dict(json.loads(path.read_text()))
-    if name not in PRESETS:
-        raise ValueError(f"unknown generator preset {name!r}; presets: {', '.join(PRESETS)} (or a JSON file)")
-    return PRESETS[name]
+        return config_from_dict(cls, json.loads(path.read_text()))
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; presets: {', '.join(presets)} (or a JSON file)")
+    return presets[name]
+
+
+def get_diffusion_config(name: str) -> DiffusionConfig:
+    return preset_or_file(name, PRESETS, DiffusionConfig, "generator")
 
 
 def build_vae(config: DiffusionConfig):

@@ -44,9 +44,11 @@ from .diffusion import (
     DiffusionConfig,
     build_vae,
     check_request,
+    config_from_dict,
     is_diffusers_pipeline,
     load_minilm_text_encoder,
     make_scheduler,
+    preset_or_file,
     quiet_loading,
     text_width,
     training_scheduler,
@@ -78,8 +80,7 @@ class VideoDiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VideoDiffusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data)
 
     def image_config(self) -> DiffusionConfig:
         """The text-to-image config that lines up with this one: the same autoencoder (what
@@ -102,13 +103,7 @@ PRESETS = {
 
 
 def get_video_diffusion_config(name: str) -> VideoDiffusionConfig:
-    """A preset by name, or a JSON file of VideoDiffusionConfig fields by path."""
-    path = Path(name)
-    if path.suffix == ".json" and path.is_file():
-        return VideoDiffusionConfig.from_dict(json.loads(path.read_text()))
-    if name not in PRESETS:
-        raise ValueError(f"unknown video generator preset {name!r}; presets: {', '.join(PRESETS)} (or a JSON file)")
-    return PRESETS[name]
+    return preset_or_file(name, PRESETS, VideoDiffusionConfig, "video generator")
 
 
 def build_video_vae(config: VideoDiffusionConfig):
