@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from polymodal.data.synthetic.shapes import COLOURS, SHAPES, render, sample_scene
 from polymodal.evaluate.scene_checker import agrees, detect
 
@@ -32,3 +34,16 @@ def test_a_scene_that_differs_in_any_attribute_disagrees():
                              ("size", "large" if o["size"] == "small" else "small"), ("x", o["x"] + 10)):
         assert not agrees(found, [{**o, attribute: other}, *objects[1:]]), attribute
     assert not agrees(found, objects[1:]) and not agrees([], objects)
+
+
+def test_the_checker_reads_blurred_and_noisy_scenes():
+    """Blur (radius 0.7) and noise (std 12), about what a small diffusion model's samples show."""
+    from PIL import ImageFilter
+
+    noise = np.random.default_rng(0)
+    results = []
+    for image, objects in scenes(60, seed=5):
+        blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(0.7))).astype(np.float32)
+        degraded = np.clip(blurred + noise.normal(0, 12, blurred.shape), 0, 255).astype(np.uint8)
+        results.append(agrees(detect(degraded), objects))
+    assert sum(results) / len(results) >= 0.95
