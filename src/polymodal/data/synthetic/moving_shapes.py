@@ -237,6 +237,15 @@ def describe_clip(attributes: dict, rng: random.Random, canonical: bool = False)
 # Files
 
 
+def clip_key(attributes: dict) -> tuple:
+    """What a caption of the clip can state: each object's colour and shape with its event (and
+    direction or new colour). Clips with equal keys answer a caption equally well (retrieval's
+    relevance)."""
+    objects = attributes["objects"]
+    return tuple(sorted((objects[e["object"]]["colour"], objects[e["object"]]["shape"], e["event"],
+                         e.get("direction") or e.get("to") or "") for e in attributes["events"]))
+
+
 def filmstrip(frames: Sequence[Image.Image] | np.ndarray) -> Image.Image:
     """The frames side by side, left to right, as one image."""
     arr = _as_array(frames)
