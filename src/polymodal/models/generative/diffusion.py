@@ -256,10 +256,12 @@ def make_scheduler(name: str, config):
     kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
              "dpm++": DPMSolverMultistepScheduler}
     extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name == "dpm++" else {}
-    # Without diffusers' record of which values were defaults, every setting (timestep spacing
-    # above all) carries over as it stands, so a model samples alike before and after a reload.
+    # Without diffusers' record of which values were defaults, every setting carries over as it
+    # stands, so a model samples alike before and after a reload. "trailing" spacing starts every
+    # sampler at the last training timestep (pure noise), and makes DDPM at 1,000 steps visit each
+    # timestep once (Stable Diffusion's "leading" + offset 1 would ask for timestep 1,000).
     config = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
-    return kinds[name].from_config(config, **extra)
+    return kinds[name].from_config(config, timestep_spacing="trailing", **extra)
 
 
 def assemble(config: DiffusionConfig, unet, vae, meta: dict | None = None) -> TextToImageModel:
