@@ -243,7 +243,7 @@ class GenerateRequest(BaseModel):
     steps: integer(ge=1, le=MAX_GENERATE_STEPS) = 25
     guidance: float = Field(3.0, ge=0, le=50, allow_inf_nan=False,
                             description="Classifier-free guidance scale (<= 1: none).")
-    seed: integer(ge=0, le=2**63 - 1) = 0
+    seed: integer(ge=0, le=2**32 - 1) = 0  # exact as a JSON number (a float past 2**53 is not)
     scheduler: Literal[SCHEDULERS] = Field("dpm++", description="The sampler: DDPM, DDIM, DPM-Solver++ or Euler.")
 
 
