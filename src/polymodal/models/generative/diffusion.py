@@ -170,13 +170,8 @@ class TextToImageModel:
         unet = self.pipeline.unet
         return unet.config.sample_size * self.pipeline.vae_scale_factor
 
-    @torch.inference_mode()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, L, D) token states exactly as the pipeline computes them (padded, no mask)."""
-        tok = self.pipeline.tokenizer
-        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        return self.pipeline.text_encoder(ids.to(self.pipeline.device))[0]
+        return encode_prompts(self.pipeline, prompts)
 
     def generate(self, prompts: str | Sequence[str], n: int = 1, steps: int = 25, guidance: float = 3.0,
                  seed: int = 0, scheduler: str = "dpm++", size: int | None = None,
@@ -204,15 +199,28 @@ class TextToImageModel:
         return out.images
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """The pipeline directory (diffusers' layout) plus polymodal.json, written whole or not at all."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory, merge=True) as staging:
-            self.pipeline.save_pretrained(staging, safe_serialization=True)
-            write_json(staging / METADATA, {"kind": "text-to-image",
-                                            "config": self.config.to_dict() if self.config else None,
-                                            **self.meta, **(extra or {})})
-        return directory
+        return save_pipeline(self.pipeline, directory, {"kind": "text-to-image", **self.meta, **(extra or {})},
+                             self.config)
+
+
+@torch.inference_mode()
+def encode_prompts(pipeline, prompts: Sequence[str]) -> torch.Tensor:
+    """(B, L, D) token states exactly as a Stable Diffusion-style pipeline computes them (padded, no mask)."""
+    tok = pipeline.tokenizer
+    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    return pipeline.text_encoder(ids.to(pipeline.device))[0]
+
+
+def save_pipeline(pipeline, directory: str | Path, meta: dict, config=None) -> Path:
+    """The pipeline directory (diffusers' layout) plus polymodal.json (`meta` and the config),
+    written whole or not at all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory, merge=True) as staging:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        write_json(staging / METADATA, {**meta, "config": config.to_dict() if config else None})
+    return directory
 
 
 def write_grid(images: Sequence[Image.Image], columns: int, path: str | Path) -> Path:

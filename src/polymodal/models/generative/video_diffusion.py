@@ -38,18 +38,20 @@ from torch import nn
 
 from ...data.synthetic.moving_shapes import save_clip_gif
 from ...errors import CheckpointError
-from ...utils import atomic_path, progress_bar, write_json
+from ...utils import progress_bar
 from .diffusion import (
     METADATA,
     DiffusionConfig,
     build_vae,
     check_request,
     config_from_dict,
+    encode_prompts,
     is_diffusers_pipeline,
     load_minilm_text_encoder,
     make_scheduler,
     preset_or_file,
     quiet_loading,
+    save_pipeline,
     text_width,
     training_scheduler,
 )
@@ -194,15 +196,6 @@ def _fold_text_proj(source: dict, target: dict) -> dict:
     return folded
 
 
-def encode_prompts(pipeline, prompts: Sequence[str]) -> torch.Tensor:
-    """(B, L, D) token states exactly as the pipeline computes them (padded, no mask)."""
-    tok = pipeline.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
-    with torch.inference_mode():
-        return pipeline.text_encoder(ids.to(pipeline.device))[0]
-
-
 class TextToVideoModel:
     """A diffusers TextToVideoSDPipeline behind polymodal's `generate` (ours or a user's)."""
 
@@ -231,7 +224,7 @@ class TextToVideoModel:
         check_request(prompts, n, steps, guidance, scheduler, self.image_size)
         check_clips(len(prompts) * n, frames)
         trained_with = self.pipeline.scheduler  # saved with the pipeline; sampling swaps in its own
-        self.pipeline.scheduler = sampling_scheduler(scheduler, trained_with)
+        self.pipeline.scheduler = make_scheduler(scheduler, trained_with.config)
         with progress_bar(progress, transient=True) as bar:
             task = bar.add_task(f"denoising {len(prompts) * n} clip(s) ({scheduler}, {steps} steps)", total=steps)
             try:
@@ -245,25 +238,8 @@ class TextToVideoModel:
         return out.frames
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """The pipeline directory (diffusers' layout) plus polymodal.json, written whole or not at all."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory, merge=True) as staging:
-            self.pipeline.save_pretrained(staging, safe_serialization=True)
-            write_json(staging / METADATA, {"kind": "text-to-video",
-                                            "config": self.config.to_dict() if self.config else None,
-                                            **self.meta, **(extra or {})})
-        return directory
-
-
-def sampling_scheduler(name: str, trained_with):
-    """`make_scheduler` from the training scheduler's config as saved: diffusers lets a sampler take
-    its own default for a field the trainer left at its default (`timestep_spacing`: "leading" for
-    DDPM, "linspace" for DPM-Solver++) until the config is written to disk, after which the
-    trainer's value holds. Dropping that record makes a model sample the same before and after
-    `save`."""
-    config = {k: v for k, v in trained_with.config.items() if k != "_use_default_values"}
-    return make_scheduler(name, config)
+        return save_pipeline(self.pipeline, directory, {"kind": "text-to-video", **self.meta, **(extra or {})},
+                             self.config)
 
 
 def check_clips(clips: int, frames: int) -> None:
