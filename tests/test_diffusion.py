@@ -142,7 +142,9 @@ def test_post_generate_returns_the_models_images(draw_server):
     body = response.json()
     got = [Image.open(io.BytesIO(base64.b64decode(png))) for png in body["images"]]
     expected = model.generate(PROMPT, n=2, steps=3, seed=4, scheduler="ddim")
-    assert body["prompt"] == PROMPT and [pixels(g).tolist() for g in got] == [pixels(e).tolist() for e in expected]
+    assert body["prompt"] == PROMPT and len(got) == len(expected) == 2
+    # The server runs 1 torch thread, this test its own count: sums differ in order, pixels by a level or two.
+    assert all(np.abs(pixels(g) - pixels(e)).max() <= 2 for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize("body", [{"prompt": "  "}, {"prompt": PROMPT, "steps": 0}, {"prompt": PROMPT, "n": 100},

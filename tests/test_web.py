@@ -246,7 +246,8 @@ def test_draw_panel_shows_the_models_images_and_bad_input_as_one_line(draw_serve
         from PIL import Image
 
         drawn = Image.open(BytesIO(base64.b64decode(src.split(",", 1)[1])))
-        assert list(drawn.getdata()) == list(image.getdata())
+        # The server's thread count is not this test's: float sums differ in order, pixels by a level or two.
+        assert max(abs(a - b) for p, q in zip(drawn.getdata(), image.getdata()) for a, b in zip(p, q)) <= 2
     page.fill("#prompt", "   ")
     page.click("#draw-form button")
     page.wait_for_selector("#draw-status.error")
