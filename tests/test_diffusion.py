@@ -222,3 +222,28 @@ def test_a_short_training_run_beats_the_unconditional_model_on_single_objects(tm
                                    generator=torch.Generator().manual_seed(0)).images  # the empty prompt's branch
     baseline = score(unconditional, specs)["single_object"]
     assert prompted >= 0.45 and prompted >= baseline + 0.2, (prompted, baseline)
+
+
+
+def test_a_scratch_text_encoder_trains_with_the_unet_and_reloads(tmp_path):
+    from polymodal.models.generative.diffusion import PRESETS, DiffusionConfig
+    from polymodal.train.generator import GeneratorTrainConfig, train_unet
+    from polymodal.train.metrics import MetricsLog
+
+    config = DiffusionConfig.from_dict({**PRESETS["shapes-diffusion-tiny"].to_dict(), "text_encoder": "scratch",
+                                        "scratch_text_width": 32, "scratch_text_layers": 1})
+    model = create_text_to_image(config)
+    encoder = model.pipeline.text_encoder
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    mean, spread = torch.randn(16, 4, 16, 16), torch.full((16, 4, 16, 16), 0.1)  # stand-in latents
+    captions = [[f"a {c} circle"] for c in ("red", "blue")] * 8
+    cfg = GeneratorTrainConfig(data="-", out=str(tmp_path), steps=10, batch_size=8, lr=1e-2, ema_decay=0.0,
+                               progress=False)
+    train_unet(model, mean, spread, captions, cfg, "cpu", MetricsLog(tmp_path, enabled=False, resume=False))
+    moved = [n for n, p in encoder.named_parameters() if not torch.allclose(p, before[n])]
+    assert moved, "the scratch text encoder did not learn with the UNet"
+    model.save(tmp_path / "model")
+    reloaded = load_model(tmp_path / "model")
+    assert reloaded.config.text_encoder == "scratch" and reloaded.pipeline.text_encoder.config.hidden_size == 32
+    prompts = ["a red circle", "a blue circle"]
+    assert torch.allclose(reloaded.encode_prompts(prompts), model.encode_prompts(prompts), atol=1e-5)  # (2, 24, 32)

@@ -10,7 +10,8 @@ Two stages, latent diffusion's recipe:
    trains the unconditional branch classifier-free guidance needs. EMA weights are what is saved.
 
 MiniLM is frozen, so each caption's states are computed once and kept (float16) while they fit in
-`TEXT_CACHE` captions. Both stages run on the shared step loop (warm-up + cosine on progress,
+`TEXT_CACHE` captions; a scratch text encoder is trained with the UNet (same optimizer and EMA).
+Both stages run on the shared step loop (warm-up + cosine on progress,
 `--steps` or a time budget, whichever ends first).
 """
 
@@ -34,6 +35,7 @@ from ..models.generative.diffusion import (
     build_vae,
     get_diffusion_config,
     load_text_to_image,
+    prompt_ids,
     training_scheduler,
 )
 from ..utils import pick_device, progress_bar, seed_everything
@@ -157,7 +159,7 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, progress: bool,
 
 
 class TextStates:
-    """Captions -> the text encoder's (B, L, D) token states, computed once per caption."""
+    """Captions -> a frozen text encoder's (B, L, D) token states, computed once per caption."""
 
     def __init__(self, model: TextToImageModel, device: str, limit: int = TEXT_CACHE):
         self.model, self.device, self.limit = model, device, limit
@@ -172,6 +174,30 @@ class TextStates:
         return torch.stack([self.cache.get(c, fresh.get(c)) for c in captions]).float().to(self.device)
 
 
+class TrainedTextStates:
+    """Captions -> a trainable text encoder's (B, L, D) token states, with gradients; the token
+    ids are computed once per caption."""
+
+    def __init__(self, model: TextToImageModel, device: str):
+        self.encoder, self.tokenizer, self.device = model.pipeline.text_encoder, model.pipeline.tokenizer, device
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(c for c in captions if c not in self.ids))
+        if missing:
+            self.ids.update(zip(missing, prompt_ids(self.tokenizer, missing)))
+        return self.encoder(torch.stack([self.ids[c] for c in captions]).to(self.device))[0]
+
+
+def prompt_reader(model: TextToImageModel, device: str) -> tuple[list[nn.Module], TextStates | TrainedTextStates]:
+    """The modules training updates besides the UNet (a trainable text encoder, or none) and the
+    captions -> states function to train with."""
+    encoder = model.pipeline.text_encoder.to(device)
+    if any(p.requires_grad for p in encoder.parameters()):
+        return [encoder], TrainedTextStates(model, device)
+    return [], TextStates(model, device)
+
+
 def caption_batches(captions: list[list[str]], batch_size: int, seed: int, epoch: int, dropout: float):
     """One shuffled epoch of (indices, one caption per image; "" where the caption is dropped)."""
     rng = random.Random(f"{seed}/{epoch}/captions")
@@ -184,11 +210,12 @@ def train_unet(model: TextToImageModel, mean: torch.Tensor, spread: torch.Tensor
     from diffusers.training_utils import EMAModel
 
     unet, scheduler = model.pipeline.unet.to(device).train(), training_scheduler()
-    model.pipeline.text_encoder.to(device)
+    text_modules, states = prompt_reader(model, device)
+    trained = nn.ModuleList([unet, *text_modules])  # (B, L, D) states: frozen, or learnt with the UNet
     scale = model.pipeline.vae.config.scaling_factor
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    progress, states, last = TrainingProgress(cfg.steps, cfg.time_budget), TextStates(model, device), {}
+    ema = EMAModel(trained.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=0.01)
+    progress, last = TrainingProgress(cfg.steps, cfg.time_budget), {}
 
     def step(batch) -> dict[str, float]:
         index, texts = batch
@@ -199,8 +226,8 @@ def train_unet(model: TextToImageModel, mean: torch.Tensor, spread: torch.Tensor
         loss = F.mse_loss(pred, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_and_step(unet, optimizer, 1.0)
-        ema.step(unet.parameters())
+        clip_and_step(trained, optimizer, 1.0)
+        ema.step(trained.parameters())
         return {"loss": loss.item()}
 
     def after_step(losses: dict[str, float]) -> str:
@@ -209,11 +236,11 @@ def train_unet(model: TextToImageModel, mean: torch.Tensor, spread: torch.Tensor
             log.log(progress.step, {"unet/loss": losses["loss"], "unet/lr": optimizer.param_groups[0]["lr"]})
         return f"UNet: loss {losses['loss']:.4f}"
 
-    StepLoop(unet, optimizer, progress, cfg.lr, cfg.warmup, show=cfg.progress).run(
+    StepLoop(trained, optimizer, progress, cfg.lr, cfg.warmup, show=cfg.progress).run(
         lambda epoch: caption_batches(captions, cfg.batch_size, cfg.seed, epoch, cfg.caption_dropout),
         step, after_step)
-    ema.copy_to(unet.parameters())
+    ema.copy_to(trained.parameters())
     model.pipeline.to("cpu")
-    unet.eval()
+    trained.eval()
     return {"steps": progress.step, "seconds": round(progress.elapsed, 1), "loss": last["loss"],
             "train_samples_per_s": round(progress.step * cfg.batch_size / max(progress.elapsed, 1e-9), 1)}

@@ -8,8 +8,8 @@ The parts are diffusers' own: an `AutoencoderKL` trained on the data set (64 px 
 latent grid, so the UNet works on 16x fewer positions: throughput is what limits training on a
 CPU), a `UNet2DConditionModel` that cross-attends to the prompt's token states, and diffusers'
 schedulers (DDPM to train; DDPM, DDIM, DPM-Solver++ or Euler to sample). The prompt is read by the
-bundled MiniLM (frozen, `transformers`' BertModel); the UNet's `text_proj` maps its 384-wide
-states to the cross-attention width, so every trained weight lives in the UNet or the VAE.
+bundled MiniLM (frozen, `transformers`' BertModel), or with `text_encoder="scratch"` by a small
+BERT trained with the UNet; the UNet's `text_proj` maps its states to the cross-attention width.
 
 The directory `save` writes is a standard `StableDiffusionPipeline` (model_index.json, unet/, vae/,
 text_encoder/, tokenizer/, scheduler/): `diffusers.StableDiffusionPipeline.from_pretrained(dir)`
@@ -51,6 +51,12 @@ class DiffusionConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 32
     max_text_tokens: int = 24  # prompts are padded / cut to this many MiniLM pieces
+    # "minilm": the bundled MiniLM, frozen; "scratch": a small BERT on MiniLM's word pieces, trained
+    # with the UNet from random weights (GLIDE's choice): its states are free to bind each colour
+    # word to its shape word, which frozen sentence-embedding states leave to the cross-attention.
+    text_encoder: str = "minilm"
+    scratch_text_width: int = 128
+    scratch_text_layers: int = 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,12 +117,16 @@ def build_unet(config: DiffusionConfig):
         in_channels=config.latent_channels, out_channels=config.latent_channels,
         block_out_channels=config.unet_channels, down_block_types=down, up_block_types=up,
         layers_per_block=config.layers_per_block, cross_attention_dim=config.unet_channels[-1],
-        encoder_hid_dim=text_width(), encoder_hid_dim_type="text_proj",
+        encoder_hid_dim=text_states_width(config), encoder_hid_dim_type="text_proj",
         attention_head_dim=config.attention_head_dim, norm_num_groups=min(config.unet_channels) // 2)
 
 
 def text_width() -> int:
     return 384  # MiniLM's hidden size
+
+
+def text_states_width(config: DiffusionConfig) -> int:
+    return config.scratch_text_width if config.text_encoder == "scratch" else text_width()
 
 
 def training_scheduler():
@@ -149,13 +159,37 @@ def quiet_loading():
 
 def load_minilm_text_encoder(max_tokens: int):
     """The bundled MiniLM as a frozen BertModel and its tokenizer, cut at `max_tokens` pieces."""
-    from transformers import BertModel, BertTokenizerFast
+    from transformers import BertModel
 
-    path = minilm_path()
     with quiet_loading():
-        tokenizer = BertTokenizerFast.from_pretrained(path, model_max_length=max_tokens)
-        encoder = BertModel.from_pretrained(path).eval().requires_grad_(False)
-    return encoder, tokenizer
+        encoder = BertModel.from_pretrained(minilm_path()).eval().requires_grad_(False)
+    return encoder, minilm_tokenizer(max_tokens)
+
+
+def minilm_tokenizer(max_tokens: int):
+    from transformers import BertTokenizerFast
+
+    with quiet_loading():
+        return BertTokenizerFast.from_pretrained(minilm_path(), model_max_length=max_tokens)
+
+
+def build_text_encoder(config: DiffusionConfig):
+    """The prompt reader `config.text_encoder` names and its tokenizer; a scratch encoder is
+    trainable (requires grad), MiniLM frozen."""
+    from transformers import BertConfig, BertModel
+
+    if config.text_encoder == "minilm":
+        return load_minilm_text_encoder(config.max_text_tokens)
+    if config.text_encoder != "scratch":
+        raise ValueError(f"unknown text encoder {config.text_encoder!r} (minilm or scratch)")
+    tokenizer = minilm_tokenizer(config.max_text_tokens)
+    width = config.scratch_text_width
+    shape = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width, intermediate_size=4 * width,
+                       num_hidden_layers=config.scratch_text_layers, num_attention_heads=max(1, width // 32),
+                       max_position_embeddings=config.max_text_tokens, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+    encoder = BertModel(shape, add_pooling_layer=False)
+    return encoder.eval(), tokenizer
 
 
 class TextToImageModel:
@@ -206,10 +240,13 @@ class TextToImageModel:
 @torch.inference_mode()
 def encode_prompts(pipeline, prompts: Sequence[str]) -> torch.Tensor:
     """(B, L, D) token states exactly as a Stable Diffusion-style pipeline computes them (padded, no mask)."""
-    tok = pipeline.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
-    return pipeline.text_encoder(ids.to(pipeline.device))[0]
+    return pipeline.text_encoder(prompt_ids(pipeline.tokenizer, prompts).to(pipeline.device))[0]
+
+
+def prompt_ids(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """(B, L) token ids, padded to the tokenizer's `model_max_length` as the pipeline pads them."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
 
 
 def save_pipeline(pipeline, directory: str | Path, meta: dict, config=None) -> Path:
@@ -273,10 +310,11 @@ def make_scheduler(name: str, config):
 
 
 def assemble(config: DiffusionConfig, unet, vae, meta: dict | None = None) -> TextToImageModel:
-    """A TextToImageModel from trained parts and the bundled MiniLM."""
+    """A TextToImageModel from trained parts and the prompt reader the config names (a scratch
+    one untrained: `train_unet` trains it with the UNet)."""
     from diffusers import StableDiffusionPipeline
 
-    encoder, tokenizer = load_minilm_text_encoder(config.max_text_tokens)
+    encoder, tokenizer = build_text_encoder(config)
     pipeline = StableDiffusionPipeline(vae=vae.eval(), text_encoder=encoder, tokenizer=tokenizer, unet=unet.eval(),
                                        scheduler=training_scheduler(), safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
