@@ -1,7 +1,7 @@
 """Text-to-video on Moving ShapesWorld, scored by the exact motion checker (issue 13).
 
     python benchmarks/video_generation.py --model runs/t2v/model --data runs/t2v/data \
-        [--prompts 240] [--retrieval-budget 6m]
+        [--prompts 240] [--retrieval-budget 6m | --no-retrieval]
 
 The model is a `polymodal train-video-generator` pipeline trained on DATA's train split, e.g.
 
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=240, help="test prompts (the unseen set gets half as many)")
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--retrieval-budget", type=parse_duration, default=360.0)
+    ap.add_argument("--no-retrieval", action="store_true", help="skip the retrieval model")
     args = ap.parse_args()
     model, data = load_text_to_video(args.model), load_records(args.data)
     trained = {c for r in data.split("train").records for c in r.text}
@@ -135,7 +136,7 @@ def main() -> None:
                "video_train_clips_per_s": meta.get("train_clips_per_s"), "video_train_steps": meta.get("steps"),
                "video_train_seconds": meta.get("seconds", 0) + meta.get("vae_seconds", 0),
                "video_guidance": args.guidance}
-    if args.retrieval_budget:
+    if not args.no_retrieval:
         figures |= retrieval(args.data, args.retrieval_budget)
         Console().print(f"R@1 text -> video {figures['text_to_video_r1']:.3f}, text -> first frame "
                         f"{figures['text_to_first_frame_r1']:.3f}")
