@@ -40,7 +40,7 @@ from polymodal.data import load_records
 from polymodal.data.synthetic.shapes import PROMPT_CATEGORIES
 from polymodal.evaluate.generation_metrics import clip_score, frechet_distance, r_precision
 from polymodal.evaluate.geneval import prompt_set, score
-from polymodal.models.generative.diffusion import make_scheduler, write_grid
+from polymodal.models.generative.diffusion import sampling_with, write_grid
 from polymodal.utils import progress_bar, write_json
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "generation.json"
@@ -53,9 +53,7 @@ def sample(model, prompts: list[str], scheduler: str, steps: int, guidance: floa
     starting noise). The empty prompt is the unconditional model: diffusers' pipeline is called
     directly, since `generate` refuses an empty prompt."""
     pipe, images = model.pipeline, []
-    trained_with = pipe.scheduler
-    pipe.scheduler = make_scheduler(scheduler, trained_with.config)
-    with progress_bar(True) as bar:
+    with sampling_with(pipe, scheduler), progress_bar(True) as bar:
         task = bar.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), CHUNK):
             chunk = prompts[start:start + CHUNK]
@@ -63,7 +61,6 @@ def sample(model, prompts: list[str], scheduler: str, steps: int, guidance: floa
             images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=seeds,
                            height=model.image_size, width=model.image_size).images
             bar.advance(task, len(chunk))
-    pipe.scheduler = trained_with
     return images
 
 

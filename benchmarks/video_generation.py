@@ -39,7 +39,7 @@ from polymodal.cli_options import parse_duration
 from polymodal.data import load_records
 from polymodal.data.synthetic.moving_shapes import describe_clip
 from polymodal.evaluate.motion_checker import event_results
-from polymodal.models.generative.diffusion import make_scheduler
+from polymodal.models.generative.diffusion import sampling_with
 from polymodal.models.generative.video_diffusion import load_text_to_video
 from polymodal.train.video_retrieval import VideoRetrievalConfig, train_video_retrieval
 from polymodal.utils import progress_bar, write_json
@@ -59,9 +59,7 @@ def sample(model, prompts: list[str], guidance: float, label: str, steps: int = 
     """One clip per prompt, prompt k seeded with k. The pipeline is called directly, since
     `generate` refuses the empty prompt (the unconditional model)."""
     pipe, clips = model.pipeline, []
-    trained_with = pipe.scheduler
-    pipe.scheduler = make_scheduler("dpm++", trained_with.config)
-    with progress_bar(True) as bar:
+    with sampling_with(pipe, "dpm++"), progress_bar(True) as bar:
         task = bar.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), CHUNK):
             chunk = prompts[start:start + CHUNK]
@@ -70,7 +68,6 @@ def sample(model, prompts: list[str], guidance: float, label: str, steps: int = 
                               generator=seeds, height=model.image_size, width=model.image_size,
                               output_type="np").frames)  # (B, T, S, S, 3) in [0, 1]
             bar.advance(task, len(chunk))
-    pipe.scheduler = trained_with
     return [(clip * 255).round().astype("uint8") for clip in clips]  # (T, S, S, 3) each
 
 

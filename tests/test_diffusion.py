@@ -224,7 +224,6 @@ def test_a_short_training_run_beats_the_unconditional_model_on_single_objects(tm
     assert prompted >= 0.45 and prompted >= baseline + 0.2, (prompted, baseline)
 
 
-
 def test_a_scratch_text_encoder_trains_with_the_unet_and_reloads(tmp_path):
     from polymodal.models.generative.diffusion import PRESETS, DiffusionConfig
     from polymodal.train.generator import GeneratorTrainConfig, train_unet

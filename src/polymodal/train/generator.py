@@ -211,7 +211,7 @@ def train_unet(model: TextToImageModel, mean: torch.Tensor, spread: torch.Tensor
 
     unet, scheduler = model.pipeline.unet.to(device).train(), training_scheduler()
     text_modules, states = prompt_reader(model, device)
-    trained = nn.ModuleList([unet, *text_modules])  # (B, L, D) states: frozen, or learnt with the UNet
+    trained = nn.ModuleList([unet, *text_modules])  # the UNet, and the text encoder when it learns too
     scale = model.pipeline.vae.config.scaling_factor
     ema = EMAModel(trained.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=0.01)

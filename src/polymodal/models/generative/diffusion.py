@@ -215,21 +215,16 @@ class TextToImageModel:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         size = size or self.image_size
         check_request(prompts, n, steps, guidance, scheduler, size)
-        trained_with = self.pipeline.scheduler  # saved with the pipeline; sampling swaps in its own
-        self.pipeline.scheduler = make_scheduler(scheduler, trained_with.config)
-        with progress_bar(progress, transient=True) as bar:
+        with sampling_with(self.pipeline, scheduler), progress_bar(progress, transient=True) as bar:
             task = bar.add_task(f"denoising ({scheduler}, {steps} steps)", total=steps)
 
             def advance(pipe, step, timestep, kwargs):
                 bar.advance(task)
                 return kwargs
 
-            try:
-                out = self.pipeline(prompts, num_images_per_prompt=n, num_inference_steps=steps,
-                                    guidance_scale=guidance, height=size, width=size, output_type="pil",
-                                    generator=torch.Generator().manual_seed(seed), callback_on_step_end=advance)
-            finally:
-                self.pipeline.scheduler = trained_with
+            out = self.pipeline(prompts, num_images_per_prompt=n, num_inference_steps=steps,
+                                guidance_scale=guidance, height=size, width=size, output_type="pil",
+                                generator=torch.Generator().manual_seed(seed), callback_on_step_end=advance)
         return out.images
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -307,6 +302,18 @@ def make_scheduler(name: str, config):
     # timestep once (Stable Diffusion's "leading" + offset 1 would ask for timestep 1,000).
     config = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
     return kinds[name].from_config(config, timestep_spacing="trailing", **extra)
+
+
+@contextlib.contextmanager
+def sampling_with(pipeline, scheduler: str):
+    """Inside the block the pipeline samples with `scheduler` (made from the one it was trained and
+    saved with); that one is back afterwards, error or not."""
+    trained_with = pipeline.scheduler
+    pipeline.scheduler = make_scheduler(scheduler, trained_with.config)
+    try:
+        yield pipeline
+    finally:
+        pipeline.scheduler = trained_with
 
 
 def assemble(config: DiffusionConfig, unet, vae, meta: dict | None = None) -> TextToImageModel:

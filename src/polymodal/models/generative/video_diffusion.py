@@ -48,9 +48,9 @@ from .diffusion import (
     encode_prompts,
     is_diffusers_pipeline,
     load_minilm_text_encoder,
-    make_scheduler,
     preset_or_file,
     quiet_loading,
+    sampling_with,
     save_pipeline,
     text_width,
     training_scheduler,
@@ -223,18 +223,13 @@ class TextToVideoModel:
         frames = self.frames if frames is None else frames
         check_request(prompts, n, steps, guidance, scheduler, self.image_size)
         check_clips(len(prompts) * n, frames)
-        trained_with = self.pipeline.scheduler  # saved with the pipeline; sampling swaps in its own
-        self.pipeline.scheduler = make_scheduler(scheduler, trained_with.config)
-        with progress_bar(progress, transient=True) as bar:
+        with sampling_with(self.pipeline, scheduler), progress_bar(progress, transient=True) as bar:
             task = bar.add_task(f"denoising {len(prompts) * n} clip(s) ({scheduler}, {steps} steps)", total=steps)
-            try:
-                out = self.pipeline([p for p in prompts for _ in range(n)], num_frames=frames,
-                                    num_inference_steps=steps, guidance_scale=guidance, height=self.image_size,
-                                    width=self.image_size, output_type="pil",
-                                    generator=torch.Generator().manual_seed(seed),
-                                    callback=lambda step, timestep, latents: bar.advance(task))
-            finally:
-                self.pipeline.scheduler = trained_with
+            out = self.pipeline([p for p in prompts for _ in range(n)], num_frames=frames,
+                                num_inference_steps=steps, guidance_scale=guidance, height=self.image_size,
+                                width=self.image_size, output_type="pil",
+                                generator=torch.Generator().manual_seed(seed),
+                                callback=lambda step, timestep, latents: bar.advance(task))
         return out.frames
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
