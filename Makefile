@@ -30,12 +30,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 /usr/bin/java:
 	-apt-get update && apt-get install -y default-jre-headless
 
-install: $(STAMP) /usr/bin/chromium /usr/bin/java
+# Spoken captions are synthesised with espeak-ng (`polymodal data speak`, the audio tests).
+/usr/bin/espeak-ng:
+	-apt-get update && apt-get install -y espeak-ng
+
+install: $(STAMP) /usr/bin/chromium /usr/bin/java /usr/bin/espeak-ng
 
 demo: $(STAMP)
 	$(VENV)/bin/polymodal demo
 
-test: $(STAMP) /usr/bin/chromium /usr/bin/java
+test: $(STAMP) /usr/bin/chromium /usr/bin/java /usr/bin/espeak-ng
 	$(PY) -m pytest -n 2
 
 # The tests not marked slow (no training runs, browser or subprocess-heavy CLI runs): under a minute.

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import DataError  # re-exported: the records and readers raise it
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus"}  # what libsndfile decodes
 
 
 def printable_path(path: str | os.PathLike) -> str:
