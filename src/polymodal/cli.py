@@ -94,11 +94,12 @@ def data_info(
 
     data = load_records(source, format=format, strict=strict, images=images)
     table = Table(title=f"{source}")
-    for col in ("split", "records", "with image", "captions"):
+    for col in ("split", "records", "with image", "with audio", "captions"):
         table.add_column(col)
     for split, count in data.splits.items():
         recs = data.split(split).records
-        table.add_row(split, str(count), str(sum(1 for r in recs if r.image)), str(sum(len(r.text) for r in recs)))
+        table.add_row(split, str(count), str(sum(1 for r in recs if r.image)), str(sum(1 for r in recs if r.audio)),
+                      str(sum(len(r.text) for r in recs)))
     console.print(table)
     console.print(data.skips.summary())
 
@@ -221,15 +222,18 @@ def eval_cmd(
 
 @app.command("similarity")
 def similarity_cmd(
-    image: Path = typer.Argument(..., help="Image file."),
+    image: Path = typer.Argument(..., help="Image file (an audio file with --audio)."),
     texts: list[str] = typer.Argument(..., help="Candidate texts."),
     model: str = typer.Option("runs/demo/model", help="Checkpoint directory, or hf:<id>, open_clip:<arch>/<tag>, ..."),
+    audio: bool = typer.Option(False, "--audio", help="The first argument is an audio file (wav, flac, mp3, ogg): "
+                               "zero-shot audio classification by the texts."),
 ):
-    """Print the softmax probability of each text for IMAGE (CLIP's first example)."""
+    """Print the softmax probability of each text for IMAGE (CLIP's first example), or for an
+    audio clip with --audio."""
     from . import load
 
     m = load(model)
-    probs = m.similarity([image], texts, softmax=True)[0]
+    probs = (m.similarity_audio if audio else m.similarity)([image], texts, softmax=True)[0]
     table = Table()
     table.add_column("text")
     table.add_column("probability", justify="right")
@@ -255,15 +259,18 @@ def demo_cmd(
 
 
 # Each feature area keeps its commands in its own module; they import their libraries lazily.
+from .audio_cli import train_audio_cmd  # noqa: E402  (audio)
 from .chat_cli import chat_cmd, chat_eval_cmd, chat_train_cmd, data_questions  # noqa: E402  (image-grounded chat)
 from .cli_export import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
 from .diffusion_cli import generate_cmd, train_generator_cmd  # noqa: E402  (text-to-image)
 from .generative_cli import caption_app  # noqa: E402  (captioning)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
+from .speak_cli import data_speak  # noqa: E402  (spoken captions)
 from .video_cli import train_video_generator_cmd, train_video_retrieval_cmd  # noqa: E402  (video)
 
 data_app.command("sort-of-clevr")(sort_of_clevr)
+data_app.command("speak")(data_speak)
 data_app.command("questions")(data_questions)
 app.command("chat")(chat_cmd)
 app.command("chat-train")(chat_train_cmd)
@@ -276,6 +283,7 @@ app.add_typer(caption_app, name="caption")
 app.command("train-generator")(train_generator_cmd)
 app.command("train-video-generator")(train_video_generator_cmd)
 app.command("train-video-retrieval")(train_video_retrieval_cmd)
+app.command("train-audio")(train_audio_cmd)
 app.command("generate")(generate_cmd)
 app.command("search")(search_cmd)
 app.command("serve")(serve_cmd)

@@ -1,7 +1,8 @@
 """Model configuration: dataclasses whose fields explain themselves, and JSON presets.
 
-A preset in `model_configs/NAME.json` holds `{"embed_dim", "image": {...}, "text": {...}}`; the
-weights live elsewhere (a checkpoint directory holds `config.json` + `model.safetensors`).
+A preset in `model_configs/NAME.json` holds `{"embed_dim", "image": {...}, "text": {...}}` and
+optionally `"audio": {...}`; the weights live elsewhere (a checkpoint directory holds
+`config.json` + `model.safetensors`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,28 @@ class TextTowerConfig:
 
 
 @dataclass
+class AudioTowerConfig:
+    kind: str = "transformer"  # "transformer" (conv stem + pre-norm blocks) or "cnn" (2-D convs over the log-mel)
+    features: str = "logmel"  # "logmel" or "mfcc"
+    n_mels: int = 64  # log-mel bands (16 kHz audio, 25 ms windows every 10 ms)
+    n_mfcc: int = 40  # "mfcc" only: cepstral coefficients kept
+    max_seconds: float = 8.0  # longer clips are cut (a spoken caption is 1.5-8 s); a batch pads to its longest
+    width: int = 128  # transformer: token width; cnn: channels of the last stage
+    layers: int = 3  # transformer blocks (cnn: conv stages, each halving time and frequency)
+    heads: int = 4  # transformer only
+    # SpecAugment (Park et al. 2019), applied in training only: masks per clip and their widest span.
+    freq_masks: int = 2
+    freq_mask_width: int = 8  # mel bands
+    time_masks: int = 2
+    time_mask_width: int = 20  # frames of 10 ms
+
+
+@dataclass
 class ModelConfig:
     embed_dim: int = 128
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    audio: AudioTowerConfig | None = None  # a third tower (spoken captions, sounds): see modalities/audio.py
     init_logit_scale: float = 2.659  # log(1/0.07), CLIP's initial temperature
     init_logit_bias: float | None = None  # set (e.g. -10) for the SigLIP loss
 
@@ -63,7 +82,9 @@ class ModelConfig:
         data = {k: v for k, v in data.items() if k != "name"}
         image = image_tower_config(data.pop("image", {}))
         text = replace_fields(TextTowerConfig(), data.pop("text", {}))
-        return replace_fields(cls(image=image, text=text), data)
+        audio = data.pop("audio", None)
+        audio = replace_fields(AudioTowerConfig(), audio) if audio is not None else None
+        return replace_fields(cls(image=image, text=text, audio=audio), data)
 
 
 def replace_fields(config, overrides: dict):

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig
+from ..modalities.audio import build_audio_tower
 from ..modalities.image import ImageNormalize, build_image_tower, resize_and_crop
 from ..modalities.text import Tokenizer, build_text_tower
 from .interface import DualEncoder
@@ -38,6 +39,9 @@ class AlignedModel(DualEncoder, nn.Module):
         self.image_proj = _projection(self.image_tower.output_dim, config.embed_dim, mlp=False)
         # A locked pretrained tower gets an MLP head: a linear map alone cannot re-arrange its space.
         self.text_proj = _projection(self.text_tower.output_dim, config.embed_dim, mlp=config.text.locked)
+        if config.audio is not None:  # a third tower into the same space (ImageBind-style binding)
+            self.audio_tower = build_audio_tower(config.audio)
+            self.audio_proj = _projection(self.audio_tower.output_dim, config.embed_dim, mlp=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         bias = config.init_logit_bias
         self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
@@ -55,6 +59,15 @@ class AlignedModel(DualEncoder, nn.Module):
         """(B, L) token ids -> (B, E)."""
         x = self.text_proj(self.text_tower(ids).pooled)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def audio_features(self, waves: torch.Tensor, lengths: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) 16 kHz waveforms, zero-padded, and their (B,) lengths in samples -> (B, E)."""
+        x = self.audio_proj(self.audio_tower(waves, lengths).pooled)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image", "text") if self.config.audio is None else ("image", "text", "audio")
 
     # -- the common interface (raw inputs: `DualEncoder`) -----------------------------------------
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..modalities.audio import pad_or_cut
+from ..modalities.audio_files import load_audio
 from ..modalities.image_files import load_image
 
 
@@ -62,9 +64,30 @@ class EncoderInterface:
                 out[rows] = self._embed_ids(self.tokenizer([texts[r] for r in rows]))
         return out
 
+    def encode_audio(self, audio: Sequence[np.ndarray | str | Path], batch_size: int = 64) -> torch.Tensor:
+        """Audio clips ((N,) float32 arrays at 16 kHz, or file paths) -> (B, E) unit vectors."""
+        if "audio" not in getattr(self, "modalities", ()):
+            raise ValueError(f"{getattr(self, 'model_id', type(self).__name__)}: has no audio tower "
+                             "(train one with `polymodal train-audio`)")
+        waves = [load_audio(a) if isinstance(a, (str, Path)) else a for a in audio]
+        # Batches of similar length waste little on padding; the order is restored at the end.
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        out = torch.empty(len(waves), self.embed_dim)
+        with inference(self):
+            for i in range(0, len(waves), batch_size):
+                rows = order[i:i + batch_size]
+                out[rows] = self._embed_waves(*pad_or_cut([waves[r] for r in rows], self.config.audio.max_seconds))
+        return out
+
     def similarity(self, images, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
         """(I, T) cosine similarities; with `softmax`, each image's probabilities over the texts."""
         sims = self.encode_image(images) @ self.encode_text(texts).T
+        return (self._similarity_scale() * sims).softmax(dim=-1) if softmax else sims
+
+    def similarity_audio(self, audio, texts: Sequence[str], softmax: bool = False) -> torch.Tensor:
+        """(A, T) cosine similarities of audio clips and texts; with `softmax`, each clip's
+        probabilities over the texts (zero-shot audio classification by text prompts)."""
+        sims = self.encode_audio(audio) @ self.encode_text(texts).T
         return (self._similarity_scale() * sims).softmax(dim=-1) if softmax else sims
 
 
@@ -99,6 +122,9 @@ class DualEncoder(EncoderInterface):
 
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_features(ids.to(self.device)).float().cpu()
+
+    def _embed_waves(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.audio_features(waves.to(self.device), lengths.to(self.device)).float().cpu()
 
     def lock(self, image: bool = False, text: bool = False) -> None:
         """Freeze a whole tower, its projection included (LiT locks the image side): every child
