@@ -76,3 +76,44 @@ def make_open_clip_checkpoint(directory: Path, seed: int = 0):
     file = directory / "tiny.pt"
     torch.save(model.state_dict(), file)
     return model.eval(), preprocess, file
+
+
+def save_byte_bpe_tokenizer(directory: Path) -> int:
+    """A tiny RoBERTa (byte-level BPE) tokenizer from a hand-written vocab.json / merges.txt:
+    the byte alphabet, a few merges, RoBERTa's special tokens (<pad> = 1); returns the vocabulary size."""
+    from transformers import RobertaTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    merges = ["Ġ a", "Ġ t", "h e", "Ġt he", "o g", "a t", "Ġ d", "Ġd og"]
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + sorted(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(tokens + ["".join(m.split()) for m in merges])}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = RobertaTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
+    tok.save_pretrained(str(directory))
+    return len(vocab)
+
+
+def make_clap_model(directory: Path, fusion: bool = False, seed: int = 0):
+    """A tiny ClapModel (RoBERTa text tower, HTSAT audio tower) saved with save_pretrained beside its
+    ClapProcessor; returns (model, processor). Unfused: 16 mel bands over 2 s clips (the smallest
+    HTSAT input); fused: the extractor's fusion path needs 64 bands, so 1 s clips keep it small."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    torch.manual_seed(seed)
+    vocab = save_byte_bpe_tokenizer(directory)
+    bands, seconds = (64, 1) if fusion else (16, 2)
+    text = dict(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=40)
+    # spec_size = 4 x mel bands; the last stage's width (hidden_size) is patch_embeds_hidden_size x 2 ** (stages - 1)
+    audio = dict(num_mel_bins=bands, spec_size=4 * bands, window_size=4, patch_embeds_hidden_size=8, depths=[1, 1],
+                 num_attention_heads=[1, 2], hidden_size=16, enable_fusion=fusion,
+                 fusion_type="aff_2d" if fusion else None)
+    model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=12))
+    extractor = ClapFeatureExtractor(feature_size=bands, max_length_s=seconds,
+                                     truncation="fusion" if fusion else "rand_trunc")
+    processor = ClapProcessor(feature_extractor=extractor, tokenizer=RobertaTokenizer.from_pretrained(str(directory)))
+    model.save_pretrained(str(directory))
+    processor.save_pretrained(str(directory))
+    return model.eval(), processor

@@ -1,12 +1,13 @@
 """Pretrained backends behind the common encoder interface, and the resolver `polymodal.load` uses.
 
 Sources (see `load_model`):
-    hf:<repo id>                         Hugging Face CLIP / SigLIP, or a captioning / chat VLM
-                                         (BLIP, LLaVA, Idefics3 / SmolVLM), from the cache or the hub
+    hf:<repo id>                         Hugging Face CLIP / SigLIP, CLAP (audio-text), or a
+                                         captioning / chat VLM (BLIP, LLaVA, Idefics3 / SmolVLM),
+                                         from the cache or the hub
     open_clip:<arch>/<tag>               open_clip with a pretrained tag
     open_clip:<arch>@<file>              open_clip architecture + a local checkpoint file
     open_clip:hf-hub:<org>/<repo>        open_clip model on the hub
-    <dir>                                a Hugging Face model directory (clip/siglip, or a VLM),
+    <dir>                                a Hugging Face model directory (clip/siglip, clap, or a VLM),
                                          an open_clip directory (open_clip_config.json), an ONNX
                                          export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint (aligned, or generative: a
@@ -32,6 +33,7 @@ from ..models.generative.diffusion import is_diffusers_pipeline, load_text_to_im
 from ..models.generative.video_diffusion import is_text_to_video_pipeline, load_text_to_video
 from ..utils import atomic_path
 from .base import BACKEND_FILE, PretrainedModel
+from .clap import is_clap, is_clap_dir, load_clap
 from .hf import is_hf_dir, load_hf
 from .hf_vlm import is_hf_vlm, load_hf_vlm
 from .onnx import ONNX_FILE, load_onnx
@@ -56,6 +58,8 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
     """Whatever `source` names (see the module doc), with the common interface, in eval mode."""
     s = str(source)
     if s.startswith("hf:"):
+        if is_clap(s[3:]):
+            return load_clap(s[3:]).to(device)
         return load_hf_vlm(s[3:], device) if is_hf_vlm(s[3:]) else load_hf(s[3:]).to(device)
     if s.startswith("open_clip:"):
         return load_open_clip(s[len("open_clip:"):]).to(device)
@@ -83,6 +87,8 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_hf_vlm(str(path), device)
     if is_hf_dir(path):
         return load_hf(str(path)).to(device)
+    if is_clap_dir(path):
+        return load_clap(str(path)).to(device)
     generative = GENERATIVE_LOADERS.get(_checkpoint_kind(path))
     if generative:
         return generative(path, device)

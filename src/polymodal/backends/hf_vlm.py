@@ -40,14 +40,14 @@ CAPTION_PROMPT = "Describe this image in one sentence."
 
 def vlm_family(source: str | Path) -> str | None:
     """"captioner" or "chat" when `source` (a directory or a repo id) is a supported VLM, else None."""
-    return VLM_FAMILIES.get(_read_config(str(source)).get("model_type"))
+    return VLM_FAMILIES.get(read_config(str(source)).get("model_type"))
 
 
 def is_hf_vlm(source: str | Path) -> bool:
     return vlm_family(source) is not None
 
 
-def _read_config(source: str) -> dict:
+def read_config(source: str) -> dict:
     """config.json of a directory, or of a repo id from the cache (or the hub when reachable)."""
     file: str | Path | None = Path(source) / "config.json"
     if not Path(source).is_dir():
@@ -79,7 +79,7 @@ def load_hf_vlm(source: str, device: str = "cpu", model_id: str | None = None) -
             processor = AutoProcessor.from_pretrained(source)
             model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
         except (OSError, ValueError) as err:
-            raise _load_error(source, local, online, err) from None
+            raise load_error(source, local, online, err) from None
         except ImportError as err:  # a processor's own dependency (SmolVLM's needs num2words)
             raise CheckpointError(f"{source}: {_first_line(err)}") from None
     family = VLM_FAMILIES.get(model.config.model_type)
@@ -94,7 +94,7 @@ def load_hf_vlm(source: str, device: str = "cpu", model_id: str | None = None) -
     return cls(model.eval(), processor, name).to(device)
 
 
-def _load_error(source: str, local: bool, online: bool, err: Exception) -> CheckpointError:
+def load_error(source: str, local: bool, online: bool, err: Exception) -> CheckpointError:
     if local:
         return CheckpointError(f"{source}: not a complete Hugging Face model directory ({_first_line(err)})")
     where = "not in the Hugging Face cache" + ("" if online else " and the hub cannot be reached (offline)")
