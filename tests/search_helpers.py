@@ -40,3 +40,64 @@ def make_index(root: Path, shapes_dir: Path, n: int) -> tuple[Path, Path, Path]:
     images = make_collection(root / "images", shapes_dir, n=n)
     build_index(BuildConfig(source=str(images), out=str(root / "idx"), model=str(model_dir), progress=False))
     return model_dir, images, root / "idx"
+
+
+# -- audio -------------------------------------------------------------------------------------------
+
+RATE = 16_000
+
+
+def sound(kind: str, seconds: float = 1.0, freq: float = 440.0, seed: int = 0):
+    """A short distinct test sound ((N,) float32 at 16 kHz): a "tone", a "chirp" (a rising sweep)
+    or "noise" (a white noise burst)."""
+    import numpy as np
+
+    t = np.arange(int(RATE * seconds)) / RATE
+    if kind == "tone":
+        wave = np.sin(2 * np.pi * freq * t)
+    elif kind == "chirp":
+        wave = np.sin(2 * np.pi * (freq + 2000 * t / seconds) * t)
+    else:
+        wave = np.random.default_rng(seed).standard_normal(len(t))
+    return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def make_audio_collection(directory: Path) -> dict[str, Path]:
+    """A folder of audio files the search can find (three sounds of several formats and lengths, a
+    spoken caption, one with a sidecar caption) beside three that it must skip: an empty file, a
+    silent one and a text file named .wav. -> {name: path} of the good ones."""
+    from polymodal.data.speech_synthesis import synthesise
+    from polymodal.modalities.audio_files import write_wav
+
+    directory.mkdir(parents=True, exist_ok=True)
+    good = {"tone": directory / "tone-440.wav", "chirp": directory / "chirp.flac",
+            "noise": directory / "noise.ogg", "speech": directory / "a-red-circle.wav"}
+    write_wav(good["tone"], sound("tone", 1.0, 440))
+    _write(good["chirp"], sound("chirp", 1.5, 300), "FLAC")
+    _write(good["noise"], sound("noise", 0.7), "OGG")
+    write_wav(good["speech"], synthesise("a small red circle"))
+    good["tone"].with_suffix(".txt").write_text("a pure tone at 440 Hz\n")
+    (directory / "empty.wav").write_bytes(b"")
+    write_wav(directory / "silent.wav", sound("tone", 1.0) * 0)
+    (directory / "notes.wav").write_text("hello, not a sound")
+    return good
+
+
+def _write(path: Path, wave, fmt: str) -> None:
+    import soundfile as sf
+
+    sf.write(str(path), wave, RATE, format=fmt, subtype="VORBIS" if fmt == "OGG" else None)
+
+
+def make_mixed_index(root: Path, shapes_dir: Path, n_images: int = 4) -> tuple[Path, Path, dict[str, Path]]:
+    """A random audio-capable model, a folder of images and audio files, and its index under `root`:
+    (model, index, {name: path} of the audio files that are in it)."""
+    from polymodal.index import BuildConfig, build_index
+
+    model_dir = make_model(root / "model", preset="shapes-cnn-audio")
+    media = root / "media"
+    sounds = make_audio_collection(media)
+    for file in sorted((shapes_dir / "images" / "test").iterdir())[:n_images]:
+        shutil.copy(file, media / file.name)
+    build_index(BuildConfig(source=str(media), out=str(root / "idx"), model=str(model_dir), progress=False))
+    return model_dir, root / "idx", sounds

@@ -1,6 +1,8 @@
 """The search page in headless Chromium (Playwright driving the system's /usr/bin/chromium): the
-search, the chat panel (a streamed answer, a follow-up, a caption of a search result, bad input
-shown as one error line), and the draw panel (a prompt -> the text-to-image model's images)."""
+search, audio queries (a sound file, and the record button on Chromium's fake microphone) with
+playable audio results, the chat panel (a streamed answer, a follow-up, a caption of a search
+result, bad input shown as one error line), and the draw panel (a prompt -> the text-to-image
+model's images)."""
 
 import json
 import shutil
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from search_helpers import make_collection, make_model
+from search_helpers import make_collection, make_mixed_index, make_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.slow  # a server and a real browser (make test-fast skips it)
@@ -90,16 +92,21 @@ class PacedChat:
             yield piece
 
 
-@pytest.fixture
-def page():
+def browser_page(*args: str):
+    """A new page in headless Chromium started with `args`, until the generator is closed."""
     playwright = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():  # `make install` installs it; only a machine without apt lacks it
         reason = "apt-get install chromium failed (not root?)" if shutil.which("apt-get") else "no apt-get here"
         pytest.skip(f"{CHROMIUM} is missing and `make install` could not install it: {reason}")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", *args])
         yield browser.new_page()
         browser.close()
+
+
+@pytest.fixture
+def page():
+    yield from browser_page()
 
 
 def test_type_a_query_and_see_result_images(server_url, page):
@@ -117,6 +124,101 @@ def test_type_a_query_and_see_result_images(server_url, page):
     scores = [float(c.split()[0]) for c in captions]
     assert scores == sorted(scores, reverse=True)
     assert "6 results" in page.inner_text("#status")
+
+
+def test_a_model_without_audio_shows_no_audio_controls(server_url, page):
+    page.goto(server_url)
+    page.wait_for_selector("#audio-form", state="hidden")  # /health: the model embeds images and text only
+
+
+# -- audio queries: a sound file, the record button, playable results ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def audio_index(tmp_path_factory, shapes_dir):
+    """(index directory, {name: audio file in it}): four sounds and four images, an audio-capable model."""
+    _, index, sounds = make_mixed_index(tmp_path_factory.mktemp("web-audio"), shapes_dir)
+    return index, sounds
+
+
+@pytest.fixture(scope="module")
+def audio_server(audio_index):
+    from polymodal.server.app import ServerConfig, create_app
+
+    yield from serve_in_thread(create_app(ServerConfig(index=str(audio_index[0]))))
+
+
+@pytest.fixture
+def mic_page(audio_index):
+    """A page whose microphone is Chromium's fake one, playing the spoken clip of the index in a
+    loop, and whose permission prompt is answered yes."""
+    yield from browser_page("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={audio_index[1]['speech']}",
+                            "--autoplay-policy=no-user-gesture-required")
+
+
+PLAYABLE = "a => a.readyState >= 1 && a.duration > 0"  # the browser read the file's header: it can play it
+
+
+def test_upload_a_sound_and_play_the_results(audio_server, audio_index, page):
+    _, sounds = audio_index
+    page.goto(audio_server)
+    page.fill("#k", "4")
+    page.set_input_files("#audio", str(sounds["tone"]))
+    page.wait_for_selector("#results figure >> nth=3")
+    assert page.inner_text("#status") == "4 results for tone-440.wav"
+    first = page.locator("#results figure").first
+    assert first.get_attribute("class") == "sound" and first.inner_text().startswith("1.000 a pure tone at 440 Hz")
+    players = page.locator("#results figure.sound audio")
+    assert players.count() >= 1 and players.first.get_attribute("controls") is not None
+    for i in range(players.count()):  # every audio result loads in the browser's own player
+        players.nth(i).evaluate(f"a => new Promise(done => ({PLAYABLE})(a) ? done() : a.onloadedmetadata = done)")
+    assert players.first.evaluate("a => a.duration") == pytest.approx(1.0, abs=0.01)
+    players.first.evaluate("a => a.play()")
+    page.wait_for_function("a => a.currentTime > 0", arg=players.first.element_handle())  # it really plays
+
+
+def test_a_bad_sound_upload_is_one_error_line(audio_server, audio_index, page):
+    page.goto(audio_server)
+    notes = audio_index[1]["tone"].parent / "notes.wav"
+    page.set_input_files("#audio", str(notes))
+    page.wait_for_selector("#status.error")
+    assert page.inner_text("#status").startswith("notes.wav: not a readable audio file")
+    assert "\n" not in page.inner_text("#status") and page.locator("#results figure").count() == 0
+
+
+# Keeps a copy of the audio file each audio search sends, for the test to decode.
+KEEP_SENT_AUDIO = """() => {
+  const realFetch = window.fetch;
+  window.fetch = async (url, options) => {
+    if (String(url).endsWith("search/audio")) {
+      const file = options.body.get("file");
+      window.sentAudio = {name: file.name, bytes: Array.from(new Uint8Array(await file.arrayBuffer()))};
+    }
+    return realFetch(url, options);
+  };
+}"""
+
+
+def test_record_a_query_with_the_microphone(audio_server, mic_page):
+    import io
+
+    import soundfile as sf
+
+    page = mic_page
+    page.goto(audio_server)
+    page.evaluate(KEEP_SENT_AUDIO)
+    page.click("#record")
+    page.wait_for_selector("#record.on")
+    assert "recording" in page.inner_text("#status")
+    time.sleep(1.5)
+    page.click("#record")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('results for recording.wav')")
+    assert page.locator("#results figure").count() > 0 and not page.locator("#record.on").count()
+    sent = page.evaluate("window.sentAudio")
+    wave, rate = sf.read(io.BytesIO(bytes(sent["bytes"])), dtype="float32")
+    assert sent["name"] == "recording.wav" and rate == 16000 and wave.ndim == 1  # converted in the page
+    assert 1.0 < len(wave) / rate < 3.0 and np.abs(wave).max() > 0.01  # it heard the fake microphone
 
 
 # Records every text the newest answer shows, in order: the test sees whether it grew piece by piece.

@@ -18,14 +18,20 @@ RAY_HELP = "Encode on a Ray actor pool (a local Ray instance unless --ray-addres
 ADDRESS_HELP = "Ray cluster to join (e.g. ray://head:10001 or auto); implies --ray."
 
 
+MEDIA_HELP = ("auto: every image and audio file the model can embed (audio needs a model with an audio tower); "
+              "image or audio: only those files.")
+
+
 def _build(source: Path, out: Path, model: str | None, kind: str, batch_size: int, shard_size: int,
            workers: int | None, ray: bool, ray_address: str | None, ray_actors: int, strict: bool,
-           device: str) -> None:
+           device: str, media: str) -> None:
     from .pipeline import BuildConfig, build_index
 
     if min(batch_size, shard_size, ray_actors) < 1:
         raise typer.BadParameter("--batch-size, --shard-size and --ray-actors must be >= 1")
-    cfg = BuildConfig(source=str(source), out=str(out), model=model, kind=kind, batch_size=batch_size,
+    if media not in ("auto", "image", "audio"):
+        raise typer.BadParameter(f"--media must be auto, image or audio (not '{media}')")
+    cfg = BuildConfig(source=str(source), out=str(out), model=model, kind=kind, media=media, batch_size=batch_size,
                       shard_size=shard_size, workers=workers,
                       ray=ray_address or ("local" if ray else None), ray_actors=ray_actors, strict=strict,
                       device=device)
@@ -35,11 +41,13 @@ def _build(source: Path, out: Path, model: str | None, kind: str, batch_size: in
 
 @index_app.command("build")
 def build_cmd(
-    source: Path = typer.Argument(..., help="Folder of images (captions from sidecar .txt), an image, or a dataset."),
+    source: Path = typer.Argument(..., help="Folder of images and audio files (captions from sidecar .txt), "
+                                  "one file, or a dataset."),
     model: str = typer.Option(..., help="Model: a checkpoint directory or anything `polymodal.load` accepts."),
     out: Path = typer.Option(..., help="Index directory (created; rerun the same command to resume)."),
     kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw or ivfpq."),
-    batch_size: int = typer.Option(64, help="Images a forward pass."),
+    media: str = typer.Option("auto", help=MEDIA_HELP),
+    batch_size: int = typer.Option(64, help="Files a forward pass."),
     shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
     workers: int | None = typer.Option(None, help="Decoding threads (default: cores the encoder leaves free)."),
     ray: bool = typer.Option(False, "--ray", help=RAY_HELP),
@@ -49,13 +57,15 @@ def build_cmd(
     device: str = typer.Option("cpu", help="Device for local encoding."),
 ):
     """Embed a collection into a new index, or resume an interrupted build."""
-    _build(source, out, model, kind, batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
+    _build(source, out, model, kind, batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device,
+           media)
 
 
 @index_app.command("add")
 def add_cmd(
     index: Path = typer.Argument(..., help="Existing index directory."),
-    source: Path = typer.Argument(..., help="Images, folder or dataset to add."),
+    source: Path = typer.Argument(..., help="Files, folder or dataset to add."),
+    media: str = typer.Option("auto", help=MEDIA_HELP),
     batch_size: int = typer.Option(64),
     shard_size: int = typer.Option(1024),
     workers: int | None = typer.Option(None),
@@ -70,7 +80,8 @@ def add_cmd(
 
     if not (index / "manifest.json").is_file():
         Index.open(index)  # raises the one-line "not a polymodal index" error
-    _build(source, index, None, "auto", batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device)
+    _build(source, index, None, "auto", batch_size, shard_size, workers, ray, ray_address, ray_actors, strict, device,
+           media)
 
 
 @index_app.command("remove")
@@ -114,37 +125,44 @@ def info_cmd(
 
 def search_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    query: str | None = typer.Argument(None, help="Text query (or use --image)."),
-    image: Path | None = typer.Option(None, help="Image query: find similar images."),
+    query: str | None = typer.Argument(None, help="Text query (or use --image or --audio)."),
+    image: Path | None = typer.Option(None, help="Image query: find similar images (or matching recordings)."),
+    audio: Path | None = typer.Option(None, help="Audio query (wav, flac, mp3, ogg): find what it sounds like or "
+                                      "says; the model needs an audio tower."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Results."),
     model: str | None = typer.Option(None, help="Model (default: the one that built the index)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     grid: Path | None = typer.Option(None, help="Also write a contact sheet of the results (PNG)."),
 ):
-    """Search an index with a text or an image."""
+    """Search an index with a text, an image or an audio clip."""
     from .. import load
     from .store import Index
 
-    if (query is None) == (image is None):
-        raise typer.BadParameter("give a text query or --image PATH (one of them)")
+    if sum(q is not None for q in (query, image, audio)) != 1:
+        raise typer.BadParameter("give a text query, --image PATH or --audio PATH (one of them)")
     with Index.open(index) as idx:
         encoder = load(model or idx.manifest["model"])
-        hits = idx.search(encoder, text=query, image=image, k=k)
+        hits = idx.search(encoder, text=query, image=image, audio=audio, k=k)
+    title = repr(query) if query is not None else str(image or audio)
     if json_out:
         print(json.dumps([h.to_json() for h in hits], indent=2))
     else:
-        table = Table(title=f"{query!r}" if query else str(image))
-        for col in ("rank", "score", "path", "caption"):
-            table.add_column(col, justify="right" if col in ("rank", "score") else "left")
-        for rank, hit in enumerate(hits, 1):
-            table.add_row(str(rank), f"{hit.score:.3f}", hit.path, hit.caption or "")
-        console.print(table)
+        print_hits(hits, title)
     if grid:
         from .grid import contact_sheet
 
-        contact_sheet(hits, grid, title=query or f"like {image.name}")
+        contact_sheet(hits, grid, title=query or f"like {(image or audio).name}")
         if not json_out:
             console.print(f"grid: {grid}")
+
+
+def print_hits(hits, title: str) -> None:
+    table = Table(title=title)
+    for col in ("rank", "score", "modality", "path", "caption"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.modality, hit.path, hit.caption or "")
+    console.print(table)
 
 
 def serve_cmd(

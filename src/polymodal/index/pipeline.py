@@ -1,7 +1,8 @@
 """The embedding pipeline: reader -> encoder -> writer (clip-retrieval's split).
 
-- reader: lists SOURCE lazily, drops files the index already holds (resume), and decodes images in
-  a thread pool a few batches ahead of the encoder (PIL releases the GIL while decoding);
+- reader: lists SOURCE lazily, keeps the media the build indexes, drops files the index already
+  holds (resume), and decodes images and audio in a thread pool a few batches ahead of the encoder
+  (PIL and libsndfile release the GIL while decoding);
 - encoder: batched inference, here (`encode_local`) or on a Ray actor pool (`.ray.encode_ray`);
 - writer: drops duplicate content, writes shards atomically and commits their rows (`Index.write_batch`).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ import numpy as np
 
 from ..data.schema import UnreadableFileError, printable_path
 from ..errors import DataError, IndexFormatError
+from ..modalities.audio_files import decode_audio_bytes
 from ..modalities.image_files import decode_image_bytes, read_image_bytes
 from ..utils import progress_bar
 from .ray_stage import encode_ray
-from .sources import Item, count_source, iter_source
-from .stages import BuildConfig, EncodedBatch
+from .sources import MEDIA, Item, count_source, iter_source
+from .stages import BuildConfig, EncodedBatch, embed_decoded, model_modalities
 from .store import Index
 
 
@@ -38,10 +40,12 @@ class BuildReport:
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     total: int = 0
+    left_out: str | None = None  # files of a modality the model cannot embed, said once: "12 audio files (...)"
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"added {self.added}, already indexed {self.already_indexed}, duplicates {self.duplicates}, "
                  f"skipped {len(self.skipped)}; index holds {self.total}"]
+        lines += [f"  left out {self.left_out}"] if self.left_out else []
         lines += [f"  skipped {printable_path(path)}: {reason}" for path, reason in self.skipped[:limit]]
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more (polymodal index info --skipped)")
@@ -52,17 +56,31 @@ class BuildReport:
 
 
 def read_item(item: Item, preprocess) -> tuple[str | None, object, str | None]:
-    """-> (content hash, preprocessed (1, 3, S, S) tensor, None) or (None, None, reason)."""
+    """-> (content hash, decoded item, None) or (None, None, reason). An image decodes to its
+    preprocessed (1, 3, S, S) tensor, an audio file to its (N,) 16 kHz waveform."""
     if item.error:
         return None, None, item.error
     try:
-        data = read_image_bytes(item.path)
-        tensor = preprocess([decode_image_bytes(data, item.path)])
+        data = read_image_bytes(item.path)  # the one safe reader of media files (no FIFO, no device)
+        if item.modality == "audio":
+            decoded = decode_audio_bytes(data, item.path)
+        else:
+            decoded = preprocess([decode_image_bytes(data, item.path)])
     except UnreadableFileError as err:
         return None, None, err.reason
     except (DataError, ValueError, OSError) as err:  # the model's own preprocessing refused it
         return None, None, f"cannot be preprocessed ({err.__class__.__name__})"
-    return hashlib.sha1(data).hexdigest(), tensor, None
+    return hashlib.sha1(data).hexdigest(), decoded, None
+
+
+def media_items(items: Iterable[Item], media: tuple[str, ...], left_out: Counter) -> Iterator[Item]:
+    """The items of the modalities this build indexes (and the source's own errors); the others are
+    counted in `left_out`, by modality."""
+    for item in items:
+        if item.modality is None or item.modality in media:
+            yield item
+        else:
+            left_out[item.modality] += 1
 
 
 def listed_items(items: Iterable[Item], writer: ShardWriter, on_skip) -> Iterator[Item]:
@@ -129,11 +147,8 @@ def encode_local(model, batches: Iterable[list[Item]], workers: int, prefetch: i
 
 
 def _encode(model, batch: list[Item], results: list[tuple]) -> EncodedBatch:
-    import torch
-
-    tensors = [t for _, t, err in results if err is None]
-    vectors = (model.encode_image(torch.cat(tensors), batch_size=len(tensors)).cpu().numpy() if tensors
-               else np.zeros((0, model.embed_dim), np.float32))
+    good = [(item.modality, decoded) for item, (_, decoded, err) in zip(batch, results) if err is None]
+    vectors = embed_decoded(model, [m for m, _ in good], [d for _, d in good])
     return EncodedBatch(batch, [h for h, _, _ in results], [e for _, _, e in results], vectors)
 
 
@@ -182,7 +197,8 @@ class ShardWriter:
         if not shard:
             return
         items, hashes, vecs = zip(*shard)
-        self.index.write_batch(np.stack(vecs), [i.path for i in items], [i.caption for i in items], list(hashes))
+        self.index.write_batch(np.stack(vecs), [i.path for i in items], [i.caption for i in items], list(hashes),
+                               [i.modality for i in items])
         self.report.added += len(items)
         self.buffered_hashes.difference_update(hashes)
 
@@ -205,6 +221,35 @@ def open_for_build(cfg: BuildConfig, model) -> Index:
     return index
 
 
+HINT = {"audio": " (use a model with one: `polymodal train-audio` trains one)", "image": ""}
+
+
+def choose_media(cfg: BuildConfig, model, counts: Counter | None) -> tuple[str, ...]:
+    """The modalities this build indexes: `cfg.media` ("image" or "audio"), or with "auto" every one
+    the model embeds. Before anything is written, one line refuses a modality the model has no tower
+    for, and an "auto" build of a folder whose files are all of such a modality (which would index
+    nothing)."""
+    if cfg.media not in ("auto", *MEDIA):
+        raise DataError(f"unknown media '{cfg.media}' (auto, image or audio)")
+    embeds = tuple(m for m in MEDIA if m in model_modalities(model))
+    name = model_name(cfg, model)
+    if cfg.media != "auto":
+        if cfg.media not in embeds:
+            raise DataError(f"{name}: has no {cfg.media} tower, so it cannot index {cfg.media} files{HINT[cfg.media]}")
+        return (cfg.media,)
+    unusable = {m: counts[m] for m in MEDIA if counts and counts[m] and m not in embeds}
+    if unusable and not any(counts[m] for m in embeds):
+        kind, n = next(iter(unusable.items()))
+        raise DataError(f"{printable_path(cfg.source)}: its {n} {kind} file(s) cannot be indexed: {name} has no "
+                        f"{kind} tower{HINT[kind]}")
+    return embeds
+
+
+def model_name(cfg: BuildConfig, model) -> str:
+    """The model as the user named it (`index add`: as the index records it)."""
+    return cfg.model or getattr(model, "model_id", type(model).__name__)
+
+
 def load_model_for(cfg: BuildConfig):
     spec = cfg.model
     if spec is None:
@@ -217,15 +262,19 @@ def load_model_for(cfg: BuildConfig):
 
 
 def build_index(cfg: BuildConfig, model=None) -> BuildReport:
-    """Embed every image of `cfg.source` into the index at `cfg.out` (created, resumed or extended)."""
+    """Embed every image and audio file of `cfg.source` (of the media `cfg.media` names) into the index
+    at `cfg.out` (created, resumed or extended)."""
     model = model if model is not None else load_model_for(cfg)
+    counts = count_source(cfg.source)
+    media = choose_media(cfg, model, counts)
     index = open_for_build(cfg, model)
-    report = BuildReport()
-    total = count_source(cfg.source)
+    report, left_out = BuildReport(), Counter()
+    total = counts[None] + sum(counts[m] for m in media) if counts is not None else None
     with progress_bar(cfg.progress) as bar:
         task = bar.add_task("indexing", total=total)
         writer = ShardWriter(index, cfg.shard_size, report, cfg.strict)
-        items = listed_items(iter_source(cfg.source), writer, on_skip=lambda n: bar.advance(task, n))
+        wanted = media_items(iter_source(cfg.source), media, left_out)
+        items = listed_items(wanted, writer, on_skip=lambda n: bar.advance(task, n))
         batches = pending_batches(index, items, cfg.batch_size, report, on_known=lambda n: bar.advance(task, n))
         if cfg.ray is None:
             workers = default_workers() if cfg.workers is None else cfg.workers
@@ -244,5 +293,8 @@ def build_index(cfg: BuildConfig, model=None) -> BuildReport:
             index.vectors()  # now, so that the first query does not pay for it (HNSW takes minutes at 1M)
     report.total = len(index)
     index.close()
+    if cfg.media == "auto" and left_out:  # said, not skipped: the files are fine, the model cannot embed them
+        report.left_out = ", ".join(f"{n} {kind} file(s) ({model_name(cfg, model)} has no {kind} tower)"
+                                    for kind, n in left_out.items())
     return report
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from .sources import Item
-from .stages import BuildConfig, EncodedBatch
+from .stages import BuildConfig, EncodedBatch, embed_decoded
 
 # torch and ray are imported where they are used: the command line imports this module to
 # register `index build`, and Ray is an optional extra.
@@ -21,7 +21,7 @@ from .stages import BuildConfig, EncodedBatch
 
 class _Encoder:
     """One model replica (a Ray actor): a batch of paths in, hashes, errors and vectors out.
-    `read` is the pipeline's reader: (item, preprocess) -> (hash, tensor, error)."""
+    `read` is the pipeline's reader: (item, preprocess) -> (hash, decoded item, error)."""
 
     def __init__(self, model: str, threads: int, read: Callable):
         import torch  # in the Ray worker; and `polymodal --help` must not load torch
@@ -32,16 +32,12 @@ class _Encoder:
         self.model, self.read = load_model(model), read
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
-        results = [self.read(Item(p), self.model.preprocess) for p in batch["path"]]
-        tensors = [t for _, t, err in results if err is None]
-        dim = self.model.embed_dim
-        vectors = np.zeros((len(results), dim), np.float32)  # Ray wants one row per input row
-        if tensors:
-            ok = [i for i, (_, _, err) in enumerate(results) if err is None]
-            vectors[ok] = self.model.encode_image(torch.cat(tensors), batch_size=len(tensors)).cpu().numpy()
-        return {"path": batch["path"], "caption": batch["caption"], "vector": vectors,
+        modalities = batch["modality"].tolist()
+        results = [self.read(Item(p, modality=m), self.model.preprocess) for p, m in zip(batch["path"], modalities)]
+        vectors = np.zeros((len(results), self.model.embed_dim), np.float32)  # Ray wants one row per input row
+        ok = [i for i, (_, _, err) in enumerate(results) if err is None]
+        vectors[ok] = embed_decoded(self.model, [modalities[i] for i in ok], [results[i][1] for i in ok])
+        return {"path": batch["path"], "caption": batch["caption"], "modality": batch["modality"], "vector": vectors,
                 "hash": np.array([h or "" for h, _, _ in results]), "error": np.array([e or "" for _, _, e in results])}
 
 
@@ -59,7 +55,8 @@ def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig, read
     ray.data.DataContext.get_current().enable_progress_bars = False  # polymodal's own bar counts the items
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # The pending list lives on the driver (about 200 bytes an item); Ray streams the batches.
-    rows = [{"path": item.path, "caption": item.caption or ""} for batch in batches for item in batch]
+    rows = [{"path": item.path, "caption": item.caption or "", "modality": item.modality}
+            for batch in batches for item in batch]
     if not rows:
         return
     ds = ray.data.from_items(rows).map_batches(
@@ -68,5 +65,6 @@ def encode_ray(model: str, batches: Iterable[list[Item]], cfg: BuildConfig, read
     for out in ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
         errors = [e or None for e in out["error"].tolist()]
         keep = np.array([e is None for e in errors], bool)
-        items = [Item(p, c or None) for p, c in zip(out["path"].tolist(), out["caption"].tolist())]
+        items = [Item(p, c or None, modality=m)
+                 for p, c, m in zip(out["path"].tolist(), out["caption"].tolist(), out["modality"].tolist())]
         yield EncodedBatch(items, [h or None for h in out["hash"].tolist()], errors, out["vector"][keep])

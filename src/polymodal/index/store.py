@@ -58,7 +58,7 @@ class ModelMismatchError(ValueError):
 class Index:
     """Open with `Index.open(path)`; `Index.create(path, model_spec, model_id, dim)` for a new one.
 
-    `search(model, text=..., image=..., k=10)` and `search_vectors(queries, k)` query it;
+    `search(model, text=..., image=..., audio=..., k=10)` and `search_vectors(queries, k)` query it;
     `add(...)` (through `polymodal.index.build_index`) and `remove(paths)` change it in place.
     """
 
@@ -167,8 +167,10 @@ class Index:
     # -- writing -----------------------------------------------------------------------------------
 
     def write_batch(self, vectors: np.ndarray, paths: Sequence[str], captions: Sequence[str | None],
-                    hashes: Sequence[str], modality: str = "image") -> None:
-        """Append one batch: the shard file first, then its rows in one transaction."""
+                    hashes: Sequence[str], modality: str | Sequence[str] = "image") -> None:
+        """Append one batch: the shard file first, then its rows in one transaction. `modality`:
+        one for the whole batch, or one per item (an index may hold images and audio side by side)."""
+        modalities = [modality] * len(paths) if isinstance(modality, str) else list(modality)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ModelMismatchError(f"{self.root}: vectors of shape {vectors.shape} do not fit dim {self.dim}")
@@ -182,8 +184,8 @@ class Index:
         with self.db:  # one transaction: rows, counter and skip-list clean-up together
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO items (id, path, caption, modality, hash, shard) VALUES (?,?,?,?,?,?)",
-                                [(int(i), p, c, modality, h, shard)
-                                 for i, p, c, h in zip(ids, paths, captions, hashes)])
+                                [(int(i), p, c, m, h, shard)
+                                 for i, p, c, h, m in zip(ids, paths, captions, hashes, modalities)])
             self.db.execute("INSERT OR REPLACE INTO counters VALUES ('next_id', ?)", (first + len(paths),))
             self.db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
         self._vectors = None
@@ -251,12 +253,18 @@ class Index:
         return [[Hit(int(i), float(s), *meta[int(i)]) for s, i in zip(srow, irow) if int(i) in meta]
                 for srow, irow in zip(scores, ids)]
 
-    def search(self, model, text: str | None = None, image=None, k: int = 10) -> list[Hit]:
-        """Text -> items, or image (path or PIL image) -> items, with `model` (checked against the index)."""
+    def search(self, model, text: str | None = None, image=None, audio=None, k: int = 10) -> list[Hit]:
+        """Text, an image (path or PIL image) or an audio clip (path or (N,) 16 kHz waveform) -> the
+        k nearest items, whatever their modality, with `model` (checked against the index)."""
         self.check_model(model)
-        if (text is None) == (image is None):
-            raise ValueError("give a text or an image query (one of them)")
-        query = model.encode_text([text]) if text is not None else model.encode_image([image])
+        if sum(q is not None for q in (text, image, audio)) != 1:
+            raise ValueError("give one query: a text, an image or an audio clip")
+        if text is not None:
+            query = model.encode_text([text])
+        elif image is not None:
+            query = model.encode_image([image])
+        else:
+            query = model.encode_audio([audio])
         return self.search_vectors(query.cpu().numpy(), k)[0]
 
     # -- internals ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The HTTP server: `create_app(ServerConfig(index=...))` -> a FastAPI app.
 
-Endpoints: text and image search, embeddings, zero-shot classification, captions and chat (with a
+Endpoints: text, image and audio search, embeddings, zero-shot classification, captions and chat (with a
 generative model beside the index), health, the item files, clip-retrieval's `/knn-service` and
 `/indices-list` (its ClipClient works unchanged), a search page at `/` and the OpenAPI docs at
 `/docs`. Bad input is a 4xx with a reason, never a 500, and every status and content type the

@@ -1,7 +1,7 @@
 """The server's engine: the model and the index snapshot it serves.
 
 Loading happens off the event loop (the server answers /health meanwhile, as not ready). Queries
-go through one micro-batcher per kind of input (text, image, vector) onto one inference thread:
+go through one micro-batcher per kind of input (text, image, audio, vector) onto one inference thread:
 torch parallelises each forward pass itself, and that thread is also the only one that touches
 the index's SQLite connection. A watcher swaps in a new snapshot when the index changes on disk.
 An optional generative model (a captioner or a chat model) decodes on that same thread, one call
@@ -31,12 +31,12 @@ from .config import ServerConfig
 from .snapshot import IndexSnapshot, disk_signature
 
 log = logging.getLogger(__name__)
-KINDS = ("text", "image", "vector")
+KINDS = ("text", "image", "audio", "vector")
 
 
 @dataclass(frozen=True)
 class Query:
-    inputs: list  # texts, PIL images or vectors
+    inputs: list  # texts, PIL images, (N,) 16 kHz waveforms or vectors
     k: int | None = None  # None: embed only
 
 
@@ -166,6 +166,8 @@ class Engine:
             return self.model.encode_text(inputs).cpu().numpy()
         if kind == "image":
             return self.model.encode_image(inputs).cpu().numpy()
+        if kind == "audio":
+            return self.model.encode_audio(inputs).cpu().numpy()
         return unit_rows(np.asarray(inputs, dtype=np.float64))
 
 

@@ -58,3 +58,7 @@ NOT_READY = errors({503: "The model or the index is still loading, or failed to 
 BAD_BODY = errors({400: "The body could not be parsed (not JSON, or not a well-formed form)."})
 BAD_UPLOAD = errors({400: "The body could not be parsed, or the upload is not a readable image.",
                      413: "The upload is larger than the server's limit (--max-upload-mb)."})
+BAD_AUDIO_UPLOAD = errors({400: "The body could not be parsed, or the upload is not usable audio: empty, not a "
+                                "readable audio file, too long or silent.",
+                           404: "The served model has no audio tower: it cannot embed audio.",
+                           413: "The upload is larger than the server's limit (--max-upload-mb)."})

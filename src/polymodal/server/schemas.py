@@ -55,7 +55,7 @@ class Hit(BaseModel):
     score: float
     path: str
     caption: str | None = None
-    modality: str
+    modality: str = Field(description="What the item is: image or audio.")
     url: str = Field(description="Where the server serves the item's file.")
 
 
@@ -111,6 +111,8 @@ class Health(BaseModel):
                                                    "index loaded before it still serves).")
     generator_loaded: bool = Field(False, description="Whether a generative model (captioner, chat or "
                                                       "text-to-image) is loaded.")
+    modalities: list[str] | None = Field(None, description="What the served model embeds (image, text, audio): "
+                                                            "/search/audio needs audio (null until it is loaded).")
 
 
 class KnnHit(BaseModel):

@@ -1,4 +1,4 @@
-"""Uploaded and base64 images -> PIL images, or a 4xx naming the reason."""
+"""Uploaded and base64 images -> PIL images, uploaded audio files -> waveforms, or a 4xx naming the reason."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import DataError
+from ..modalities.audio_files import decode_audio_bytes
 from ..modalities.image_files import decode_image_bytes
 
 
@@ -28,6 +29,15 @@ async def decode_upload(data: bytes, name: str):
     """Decoded on a worker thread (a large image takes a while); unreadable -> 400 with the reason."""
     try:
         return await run_in_threadpool(decode_image_bytes, data, name)
+    except DataError as err:
+        raise HTTPException(400, str(err)) from None
+
+
+async def decode_audio_upload(data: bytes, name: str):
+    """An audio file -> (N,) float32 at 16 kHz, decoded on a worker thread; empty, unreadable, too
+    long or silent -> 400 with the reason (the same reader and limits as indexing)."""
+    try:
+        return await run_in_threadpool(decode_audio_bytes, data, name)
     except DataError as err:
         raise HTTPException(400, str(err)) from None
 

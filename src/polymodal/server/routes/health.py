@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from ...index.stages import model_modalities
 from ..deps import engine
 from ..engine import Engine
 from ..responses import AsciiJSONResponse
@@ -21,5 +22,6 @@ async def health(eng: Engine = Depends(engine)):
                   index_loaded=snap is not None, model_id=eng.manifest["model_id"], dim=int(eng.manifest["dim"]),
                   items=snap.info["items"] if snap else None, kind=snap.info["kind"] if snap else None,
                   index_generation=snap.generation if snap else 0, index_loaded_at=snap.loaded_at if snap else None,
-                  error=eng.error, generator_loaded=eng.generator is not None)
+                  error=eng.error, generator_loaded=eng.generator is not None,
+                  modalities=list(model_modalities(eng.model)) if eng.model is not None else None)
     return AsciiJSONResponse(body.model_dump(), status_code=200 if eng.ready else 503)

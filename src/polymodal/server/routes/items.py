@@ -1,4 +1,4 @@
-"""GET /items/{id}/file: the indexed file itself (the result grid's thumbnails)."""
+"""GET /items/{id}/file: the indexed file itself (the result grid's thumbnails and audio players)."""
 
 from __future__ import annotations
 
