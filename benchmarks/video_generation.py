@@ -20,7 +20,8 @@ tests every event the prompt states on it. Figures:
   another prompt of the set), which show chance;
 - text -> video retrieval R@1 beside text -> first frame (an image), from a video-text model
   trained here for `--retrieval-budget` (`polymodal train-video-retrieval`).
-Writes the figures into benchmarks/results/generation.json (beside the text-to-image ones).
+Writes the figures into benchmarks/results/generation.json (beside the text-to-image ones); with
+`--design NAME`, under NAME in generation_designs.json instead (a video design compared).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--retrieval-budget", type=parse_duration, default=360.0)
     ap.add_argument("--no-retrieval", action="store_true", help="skip the retrieval model")
+    ap.add_argument("--design", default=None, help="record the figures under this name in generation_designs.json "
+                                                   "(a video design compared), not in generation.json")
     args = ap.parse_args()
     model, data = load_text_to_video(args.model), load_records(args.data)
     trained = {c for r in data.split("train").records for c in r.text}
@@ -137,8 +140,10 @@ def main() -> None:
         figures |= retrieval(args.data, args.retrieval_budget)
         Console().print(f"R@1 text -> video {figures['text_to_video_r1']:.3f}, text -> first frame "
                         f"{figures['text_to_first_frame_r1']:.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    write_json(RESULTS, {**results, **figures})
+    target = RESULTS.with_name("generation_designs.json") if args.design else RESULTS
+    results = json.loads(target.read_text()) if target.is_file() else {}
+    write_json(target, {**results, args.design: {"model": args.model, **figures}} if args.design
+               else {**results, **figures})
 
 
 if __name__ == "__main__":
