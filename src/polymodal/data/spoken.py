@@ -1,20 +1,17 @@
 """Spoken records in memory: every record's audio decoded once into one int16 buffer, batched as
-fixed-length waveforms, with background noise mixed in for training.
+padded waveforms, with background noise mixed in for training.
 
-A 2.5 s caption is 80 KB as int16, so 20,000 of them take 1.6 GB; float32 padded to 5 s would
-take 6.4 GB. Unreadable or silent files are skipped and named in the data's skip log."""
+A 4 s caption is 128 KB as int16, so 20,000 of them take 2.5 GB; float32 padded to 8 s would
+take 10 GB. Unreadable or silent files are skipped and named in the data's skip log."""
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from ..modalities.audio import pad_or_cut
-from ..modalities.audio_files import SAMPLE_RATE, load_audio
-from ..utils import progress_bar
-from .schema import DataError, Record, RecordSet, UnreadableFileError
+from ..modalities.audio_files import SAMPLE_RATE, load_audio_records
+from .schema import DataError, Record, RecordSet
 from .speak import make_noise
 
 
@@ -27,30 +24,17 @@ def spoken_text(record: Record) -> str:
 class SpokenClips:
     """The records of a RecordSet that have audio (and, with `need_image`, an image)."""
 
-    def __init__(self, data: RecordSet, progress: bool = True, need_image: bool = False):
+    def __init__(self, data: RecordSet, need_image: bool = False):
         usable = [r for r in data.records if r.audio and (r.image or not need_image)]
         if not usable:
             raise DataError(f"{data.root}: no records with audio{' and an image' if need_image else ''} "
                             "(add spoken captions with `polymodal data speak`)")
-        waves: list[np.ndarray | None] = [None] * len(usable)
-
-        def decode(i: int) -> None:
-            try:
-                waves[i] = np.round(load_audio(data.path(usable[i].audio)) * 32767).astype(np.int16)
-            except UnreadableFileError as err:
-                data.skips.skip(str(data.path(usable[i].audio)), err.reason)
-
-        with progress_bar(progress, transient=True) as bar, ThreadPoolExecutor(2) as pool:
-            task = bar.add_task("decoding audio", total=len(usable))
-            for _ in pool.map(decode, range(len(usable))):
-                bar.advance(task)
-        keep = [i for i, w in enumerate(waves) if w is not None]
-        if not keep:
+        self.records, waves = load_audio_records(usable, data.root, data.skips)  # bad files skipped, named
+        if not self.records:
             raise DataError(f"{data.root}: none of the {len(usable)} audio files could be read")
-        self.records: list[Record] = [usable[i] for i in keep]
-        lengths = np.array([len(waves[i]) for i in keep])
+        lengths = np.array([len(w) for w in waves])
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])  # clip k is samples[offsets[k]:offsets[k + 1]]
-        self.samples = np.concatenate([waves[i] for i in keep])  # (total,) int16
+        self.samples = np.concatenate([np.round(w * 32767).astype(np.int16) for w in waves])  # (total,) int16
 
     def __len__(self) -> int:
         return len(self.records)

@@ -134,7 +134,7 @@ class AudioBatches:
 
     def __init__(self, cfg: AudioTrainConfig, model: AlignedModel, train_set: RecordSet, pairs, bind: bool):
         self.cfg, self.model, self.pairs = cfg, model, pairs
-        self.clips = SpokenClips(train_set, progress=cfg.progress, need_image=any("image" in p for p in pairs))
+        self.clips = SpokenClips(train_set, need_image=any("image" in p for p in pairs))
         if len(self.clips) < cfg.batch_size:
             raise DataError(f"{cfg.data}: {len(self.clips)} spoken clips are fewer than one batch of {cfg.batch_size}")
         self.texts = [spoken_text(r) for r in self.clips.records]
@@ -254,7 +254,7 @@ def _validate(model: AlignedModel, data: RecordSet, limit: int = 1000) -> dict[s
     val.records = [r for r in val.records if r.audio and r.image][:limit]
     if not val.records:
         return {}
-    clips = SpokenClips(val, progress=False, need_image=True)
+    clips = SpokenClips(val, need_image=True)
     pairs = ImageTextPairs(RecordSet(val.root, clips.records, val.skips), model.config.image.image_size,
                            progress=False, need_text=False)
     with inference(model):
