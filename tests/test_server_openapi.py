@@ -19,6 +19,12 @@ from PIL import Image  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 from schemathesis.engine import Status, events  # noqa: E402
 
+# schemathesis imports its OpenAPI machinery lazily, at the first schema; pytest's assertion
+# rewriting then ast-parses those modules mid-run. On CPython 3.11.7 that parse fails ("AST
+# constructor recursion depth mismatch", a CPython bug fixed in 3.11.8) once any earlier test in
+# the same worker has caught a RecursionError. Importing them here parses them at collection.
+from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: E402, F401, I001
+
 import polymodal  # noqa: E402
 from polymodal.errors import DataError  # noqa: E402
 from polymodal.modalities.image_files import decode_image_bytes  # noqa: E402
