@@ -100,8 +100,8 @@ def train_audio(cfg: AudioTrainConfig) -> dict:
 def _check_pairs(pairs) -> None:
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown or not pairs:
-        raise ValueError(f"unknown modality pair {unknown[0]!r}" if unknown else "no modality pair to train on"
-                         f" (known: {', '.join(PAIRS)})")
+        what = f"unknown modality pair {unknown[0]!r}" if unknown else "no modality pair to train on"
+        raise ValueError(f"{what} (known: {', '.join(PAIRS)})")
     if not any("audio" in p for p in pairs):
         raise ValueError("no pair with audio: add image-audio or text-audio")
 
