@@ -6,6 +6,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
+from audio_helpers import require_espeak
 
 import polymodal
 from polymodal.config import get_model_config
@@ -99,6 +100,7 @@ def test_audio_files_and_clear_errors(tmp_path):
 @pytest.fixture(scope="module")
 def spoken_dir(tmp_path_factory):
     """A small ShapesWorld with one spoken caption a record."""
+    require_espeak()
     out = tmp_path_factory.mktemp("spoken")
     generate(out, ShapesConfig(n_train=512, n_val=100, n_test=0, n_unseen=0, captions_per_image=2, seed=5),
              workers=1, progress=False)

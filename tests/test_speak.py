@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import typer
+from audio_helpers import needs_espeak, require_espeak
 from typer.testing import CliRunner
 
 from polymodal.data import load_records, speak as speak_module
@@ -32,12 +33,11 @@ from polymodal.data.speak import (
     speak_dataset,
     voice_pool,
 )
-from polymodal.data.speech_synthesis import espeak_available, synthesise
+from polymodal.data.speech_synthesis import synthesise
 from polymodal.data.synthetic.shapes import ShapesConfig, generate
 from polymodal.modalities.audio_files import SAMPLE_RATE, load_audio, load_audio_records, write_wav
 from polymodal.speak_cli import data_speak
 
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 SENTENCE = "a large blue square above a small red circle"  # 9 words
 
 
@@ -127,8 +127,7 @@ def spoken(tmp_path_factory):
     generate(root, ShapesConfig(n_train=16, n_val=4, n_test=12, n_unseen=4, captions_per_image=3, seed=5),
              workers=1, progress=False)
     before = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
-    if not espeak_available():
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     summary = speak_dataset(root, SpeakConfig(voices=12, held_out_voices=0.25, seed=0, workers=2), progress=False)
     return root, before, summary
 

@@ -8,18 +8,17 @@ import json
 import numpy as np
 import pytest
 import typer
+from audio_helpers import needs_espeak, require_espeak
 from typer.testing import CliRunner
 
 from polymodal.backends.asr import load_transcriber, read_pronunciations, read_vocabulary
 from polymodal.backends.pocketsphinx_asr import PocketsphinxTranscriber, grammar_words
 from polymodal.data.schema import Record, UnreadableFileError, write_manifest
-from polymodal.data.speech_synthesis import Voice, espeak_available, synthesise
+from polymodal.data.speech_synthesis import Voice, synthesise
 from polymodal.errors import CheckpointError, DataError
 from polymodal.evaluate.wer import normalise_text, wer, word_error_rate
 from polymodal.modalities.audio_files import SAMPLE_RATE, write_wav
 from polymodal.transcribe_cli import transcribe_cmd
-
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
 # ShapesWorld-style captions: the vocabulary and word order the language model learns.
 CAPTIONS = [
@@ -48,8 +47,7 @@ def cascade() -> PocketsphinxTranscriber:
 
 @pytest.fixture(scope="module")
 def spoken() -> np.ndarray:
-    if not espeak_available():
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     return synthesise(SPOKEN, CLEAR_VOICE)
 
 
