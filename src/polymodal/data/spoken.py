@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..modalities.audio import pad_or_cut
-from ..modalities.audio_files import SAMPLE_RATE, load_audio_records
+from ..modalities.audio_files import load_audio_records
 from .schema import DataError, Record, RecordSet
 from .speak import make_noise
 
@@ -46,9 +46,6 @@ class SpokenClips:
     def batch(self, indices, seconds: float) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, N) float32 waveforms cut to `seconds` and zero-padded, (B,) lengths)."""
         return pad_or_cut([self.wave(k) for k in indices], seconds)
-
-    def seconds(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
 
 
 def noise_bank(kind: str, n: int, samples: int, seed: int) -> torch.Tensor:
