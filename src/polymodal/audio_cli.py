@@ -21,7 +21,8 @@ def train_audio_cmd(
                                                      "onto (its towers locked: ImageBind's recipe), or a preset "
                                                      "with an audio tower to train all three from scratch."),
     audio_tower: str = typer.Option("shapes-cnn-audio", help="Binding: the preset whose audio tower is added "
-                                    "(shapes-cnn-audio: CNN; shapes-cnn-audio-transformer: transformer)."),
+                                    "(shapes-cnn-audio: CNN + GRU; shapes-cnn-audio-cnn: CNN; "
+                                    "shapes-cnn-audio-transformer: transformer)."),
     pairs: str = typer.Option("image-text,image-audio,text-audio", help="Contrastive terms, comma-separated. "
                               "Leave out text-audio to measure emergent audio-text alignment."),
     steps: int = typer.Option(2000, min=1, help="Optimizer steps."),

@@ -50,7 +50,8 @@ class TextTowerConfig:
 
 @dataclass
 class AudioTowerConfig:
-    kind: str = "transformer"  # "transformer" (conv stem + pre-norm blocks) or "cnn" (2-D convs over the log-mel)
+    kind: str = "transformer"  # "transformer" (conv stem + pre-norm blocks), "cnn" (2-D convs over the log-mel) or
+    # "crnn" (those convs, then a bidirectional GRU over time)
     features: str = "logmel"  # "logmel" or "mfcc"
     n_mels: int = 64  # log-mel bands (16 kHz audio, 25 ms windows every 10 ms)
     n_mfcc: int = 40  # "mfcc" only: cepstral coefficients kept

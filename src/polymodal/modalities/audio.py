@@ -43,11 +43,11 @@ def pad_or_cut(waves: Sequence[np.ndarray], seconds: float) -> tuple[torch.Tenso
     return out, lengths
 
 
-def strided(stage: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One stride-2 stage over (B, ..., T) with (B, T) valid frames -> its output with the padding
-    zeroed again, and the valid outputs (those whose first frame is valid). Zeroing after every
-    stage keeps a clip's embedding the same alone or padded in any batch."""
-    x, valid = stage(x), valid[:, ::2]
+def strided(stage: nn.Module, x: torch.Tensor, valid: torch.Tensor, step: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stage with time stride `step` (1 or 2) over (B, ..., T) with (B, T) valid frames -> its
+    output with the padding zeroed again, and the valid outputs (those whose first frame is valid).
+    Zeroing after every stage keeps a clip's embedding the same alone or padded in any batch."""
+    x, valid = stage(x), valid[:, ::step]
     shape = (len(x),) + (1,) * (x.dim() - 2) + (valid.shape[1],)
     return x * valid.reshape(shape).to(x.dtype), valid
 
@@ -192,7 +192,44 @@ class AudioCNN(nn.Module):
         return EncoderOutput(tokens=tokens, pooled=torch.cat([masked_mean(tokens, valid), peak], dim=-1))
 
 
-AUDIO_TOWERS = {"transformer": AudioTransformer, "cnn": AudioCNN}
+class AudioCRNN(nn.Module):
+    """Features as a (1, C, T) picture -> conv stages (each halves frequency; the first three also
+    time, to 80 ms steps) -> a bidirectional GRU over time -> (B, T/8, D) tokens -> mean and max.
+    The convolutions find the sounds, the GRU reads them in order, so "red circle left of blue
+    square" and its swap differ where the CNN's pooling cannot tell them apart. (40 ms steps made
+    a training step 1.6x slower.)"""
+
+    TIME_STAGES = 3  # stages that halve time
+
+    def __init__(self, cfg: AudioTowerConfig):
+        super().__init__()
+        self.features = AudioFeatures(cfg)
+        widths = [max(8, cfg.width >> (cfg.layers - 1 - i)) for i in range(cfg.layers)]
+        self.stages = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(c_in, w, 3, stride=(2, 2 if i < self.TIME_STAGES else 1), padding=1, bias=False),
+                          nn.BatchNorm2d(w), nn.ReLU())
+            for i, (c_in, w) in enumerate(zip([1, *widths[:-1]], widths))])
+        bands = cfg.n_mfcc if cfg.features == "mfcc" else cfg.n_mels
+        for _ in range(cfg.layers):
+            bands = (bands + 1) // 2
+        self.rnn = nn.GRU(widths[-1] * bands, cfg.width // 2, batch_first=True, bidirectional=True)
+        self.output_dim = 2 * cfg.width
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        x, valid = self.features(waves, lengths)  # (B, C, T), (B, T)
+        x = x[:, None]  # (B, 1, C, T)
+        for i, stage in enumerate(self.stages):
+            x, valid = strided(stage, x, valid, 2 if i < self.TIME_STAGES else 1)  # (B, D, C', T'), (B, T')
+        x = x.flatten(1, 2).transpose(1, 2)  # (B, T', D * C')
+        steps = valid.sum(dim=1).clamp(min=1)
+        packed = nn.utils.rnn.pack_padded_sequence(x, steps.cpu(), batch_first=True, enforce_sorted=False)
+        tokens, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                                     total_length=x.shape[1])  # (B, T', width), padding 0
+        peak = tokens.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
+        return EncoderOutput(tokens=tokens, pooled=torch.cat([masked_mean(tokens, valid), peak], dim=-1))
+
+
+AUDIO_TOWERS = {"transformer": AudioTransformer, "cnn": AudioCNN, "crnn": AudioCRNN}
 
 
 def build_audio_tower(cfg: AudioTowerConfig) -> nn.Module:

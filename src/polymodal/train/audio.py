@@ -89,7 +89,8 @@ def train_audio(cfg: AudioTrainConfig) -> dict:
     steps = _Steps(cfg, model, optimizer, batches, log, progress, device)
     loop.run(batches.epoch, steps.step, steps.after_step, max_epochs=None)
     log.close()
-    summary = {"steps": progress.step, "seconds": round(progress.elapsed, 1), "pairs": list(pairs), "bind": bind,
+    summary = {"tower": model.config.audio.kind, "steps": progress.step, "seconds": round(progress.elapsed, 1),
+               "pairs": list(pairs), "bind": bind,
                "clips": len(batches.clips), "clips_per_s": round(steps.seen / max(progress.elapsed, 1e-9), 1),
                "loss": steps.last_loss, **_validate(model, data)}
     training = {k: v for k, v in asdict(cfg).items() if k != "progress"}
