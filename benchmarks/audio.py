@@ -210,10 +210,12 @@ def main() -> None:
     waves = {name: test.waves(snr) for name, snr in SNRS.items()}
     fig = {name: scored(args.out / name, lambda m=m: end_to_end(m, test, waves), args.reuse)
            for name, m in models.items()}
-    fig["designs"] = {name: {**scored(Path(path), lambda p=path: end_to_end(load(p), test, waves), args.reuse),
-                             "model": path,
-                             "training": json.loads((Path(path) / "config.json").read_text()).get("audio_training")}
-                      for name, path in designs.items()}
+    # Designs scored in earlier runs stay in the table (each names its model and training).
+    earlier = json.loads(RESULTS.read_text()).get("designs", {}) if RESULTS.is_file() else {}
+    fig["designs"] = earlier | {
+        name: {**scored(Path(path), lambda p=path: end_to_end(load(p), test, waves), args.reuse), "model": path,
+               "training": json.loads((Path(path) / "config.json").read_text()).get("audio_training")}
+        for name, path in designs.items()}
     direct = fig["direct"]
     captions = [t for r in data.split("train") for t in r.text]
     fig |= {
