@@ -209,9 +209,8 @@ class AudioCRNN(nn.Module):
             nn.Sequential(nn.Conv2d(c_in, w, 3, stride=(2, 2 if i < self.TIME_STAGES else 1), padding=1, bias=False),
                           nn.BatchNorm2d(w), nn.ReLU())
             for i, (c_in, w) in enumerate(zip([1, *widths[:-1]], widths))])
-        bands = cfg.n_mfcc if cfg.features == "mfcc" else cfg.n_mels
-        for _ in range(cfg.layers):
-            bands = (bands + 1) // 2
+        channels = cfg.n_mfcc if cfg.features == "mfcc" else cfg.n_mels
+        bands = math.ceil(channels / 2 ** cfg.layers)  # each stage halves the bands, rounding up
         self.rnn = nn.GRU(widths[-1] * bands, cfg.width // 2, batch_first=True, bidirectional=True)
         self.output_dim = 2 * cfg.width
 
