@@ -14,13 +14,13 @@ MODELS = [name[len("vqa-"):] for name in list_vqa_models()]
 @pytest.fixture(scope="module")
 def soc(tmp_path_factory):
     out = tmp_path_factory.mktemp("soc")
-    generate(out, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1), progress=False)
+    generate(out, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1, render="pil"), progress=False)
     return out
 
 
 def test_generator_is_deterministic_and_answers_follow_the_scene(soc, tmp_path):
     again = tmp_path / "again"
-    generate(again, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1), progress=False)
+    generate(again, SortOfClevrConfig(n_train=40, n_val=4, n_test=8, seed=1, render="pil"), progress=False)
     assert (soc / "manifest.jsonl").read_text() == (again / "manifest.jsonl").read_text()
     assert (soc / "images/000007.png").read_bytes() == (again / "images/000007.png").read_bytes()
 

@@ -106,17 +106,28 @@ def data_info(
 
 @data_app.command("convert")
 def data_convert(
-    source: Path = typer.Argument(..., help="COCO JSON, CSV/TSV or class folder to convert."),
-    out: Path = typer.Argument(..., help="Where to write manifest.jsonl (paths point back at the media)."),
-    format: str = typer.Option("auto", help="manifest, coco, csv, folder, or auto."),
+    source: Path = typer.Argument(..., help="COCO JSON, CSV/TSV, class folder, or the public Sort-of-CLEVR "
+                                  "generator's sort-of-clevr.pickle to convert."),
+    out: Path = typer.Argument(..., help="Where to write manifest.jsonl (paths point back at the media; "
+                               "a Sort-of-CLEVR pickle's images are written to OUT/images)."),
+    format: str = typer.Option("auto", help="manifest, coco, csv, folder, sort-of-clevr-pickle, or auto "
+                               "(a .pickle / .pkl file is a Sort-of-CLEVR pickle)."),
     images: Path | None = typer.Option(None, help="Directory the media paths are relative to."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
 ):
-    """Write any supported dataset as a polymodal manifest (media files are not copied)."""
+    """Write any supported dataset as a polymodal manifest (media files are not copied, except the
+    images inside a Sort-of-CLEVR pickle)."""
     import os
 
     from .data import load_records, write_manifest
 
+    if format == "sort-of-clevr-pickle" or (format == "auto" and source.suffix.lower() in (".pickle", ".pkl")):
+        from .data.sort_of_clevr_pickle import convert_public_pickle
+
+        splits = convert_public_pickle(source, out)
+        console.print(f"wrote {sum(splits.values())} images with their questions to {out} "
+                      f"({', '.join(f'{k} {v}' for k, v in splits.items())})")
+        return
     data = load_records(source, format=format, strict=strict, images=images)
     out.mkdir(parents=True, exist_ok=True)
     for rec in data.records:

@@ -21,15 +21,27 @@ def sort_of_clevr(
     val: int = typer.Option(200, help="Validation images."),
     test: int = typer.Option(200, help="Test images (the paper: 200)."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
+    render: str = typer.Option("mixed", help="How images are drawn: mixed (each image a random variant: pil, "
+                               "pil-jitter, pil-aa, opencv), pil (the exact renderer, no jitter), heldout "
+                               "(opencv-aa, never in mixed), or variant names joined by commas."),
+    heldout: int = typer.Option(0, "--heldout", min=0, help="Images of split test_heldout, drawn only with "
+                                "the held-out variants (opencv-aa)."),
+    ternary: bool = typer.Option(False, "--ternary/--no-ternary", help="Also 10 ternary questions per image "
+                                 "(between, on the line, obtuse triangle; two colours each)."),
 ):
     """Generate Sort-of-CLEVR: 75x75 images of 6 coloured squares/circles, 10 relational and 10
-    non-relational questions per image (text + the paper's 11-number encoding)."""
+    non-relational questions per image (text + the paper's 11-number encoding), 10 ternary ones
+    with --ternary; each image drawn with a random rendering variant (--render)."""
     from ..data.synthetic.sort_of_clevr import SortOfClevrConfig, generate
 
     if min(n, val, test) < 0 or n + test == 0:
         raise typer.BadParameter("counts must be >= 0")
-    generate(out, SortOfClevrConfig(n_train=n, n_val=val, n_test=test, seed=seed))
-    console.print(f"wrote {n + val + test} images with 20 questions each to {out}")
+    try:  # generate checks --render (and --heldout against it) before it writes anything
+        generate(out, SortOfClevrConfig(n_train=n, n_val=val, n_test=test, seed=seed, render=render,
+                                        n_heldout=heldout, ternary=ternary))
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--render") from None
+    console.print(f"wrote {n + val + test + heldout} images with {30 if ternary else 20} questions each to {out}")
 
 
 @vqa_app.callback()
