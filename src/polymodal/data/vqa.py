@@ -1,7 +1,8 @@
 """Visual question answering data as tensors: every image decoded once, with all its questions.
 
 A VQA record is an ordinary record whose `attributes.questions` is a list of
-`{"text", "answer", ...}` (optionally `relational` and `subtype`, used to break accuracy down).
+`{"text", "answer", ...}` (optionally `family` or `relational`, and `subtype`, used to break accuracy
+down).
 Keeping the questions of one image together lets a model encode each image once and answer all
 of them from that encoding.
 """
@@ -59,6 +60,18 @@ class QuestionVocab:
         return cls(list(d["tokens"]), int(d["length"]))
 
 
+FAMILY_NAMES = ("non-relational", "relational", "ternary")
+
+
+def question_family(question: dict) -> str:
+    """A question's family: its "family" field where it has one (Sort-of-CLEVR's three), else
+    relational or non-relational by its "relational" flag."""
+    family = question.get("family")
+    if family in FAMILY_NAMES:
+        return family
+    return "relational" if question.get("relational", False) else "non-relational"
+
+
 @dataclass
 class VQATensors:
     """All of one split in memory."""
@@ -66,7 +79,8 @@ class VQATensors:
     images: torch.Tensor  # (N, 3, H, W) uint8
     questions: torch.Tensor  # (N, Q, L) token ids
     answers: torch.Tensor  # (N, Q) answer ids (-1: answer not in the vocabulary)
-    relational: torch.Tensor  # (N, Q) bool
+    families: torch.Tensor  # (N, Q) index into `family_names`
+    family_names: list[str]  # "non-relational", "relational", and "ternary" where the data has it
     subtypes: torch.Tensor  # (N, Q) index into `subtype_names`
     subtype_names: list[str]
     texts: list[list[str]]  # the question texts, for reports
@@ -76,8 +90,8 @@ class VQATensors:
         return len(self.images)
 
     def subset(self, n: int) -> VQATensors:
-        return VQATensors(self.images[:n], self.questions[:n], self.answers[:n], self.relational[:n],
-                          self.subtypes[:n], self.subtype_names, self.texts[:n], self.ids[:n])
+        return VQATensors(self.images[:n], self.questions[:n], self.answers[:n], self.families[:n],
+                          self.family_names, self.subtypes[:n], self.subtype_names, self.texts[:n], self.ids[:n])
 
 
 def vqa_records(data: RecordSet) -> list:
@@ -107,7 +121,7 @@ def vqa_tensors(data: RecordSet, vocab: QuestionVocab, answers: list[str], image
     images = np.zeros((len(records), image_size, image_size, 3), dtype=np.uint8)
     questions = torch.zeros(len(records), n_q, vocab.length, dtype=torch.long)
     ans = torch.full((len(records), n_q), -1, dtype=torch.long)
-    relational = torch.zeros(len(records), n_q, dtype=torch.bool)
+    families = torch.zeros(len(records), n_q, dtype=torch.long)
     subtypes = torch.zeros(len(records), n_q, dtype=torch.long)
     kept, texts = [], []
     with progress_bar(progress) as bar:
@@ -124,7 +138,7 @@ def vqa_tensors(data: RecordSet, vocab: QuestionVocab, answers: list[str], image
             questions[i, : len(qs)] = vocab([q["text"] for q in qs])
             for j, q in enumerate(qs):
                 ans[i, j] = answer_id.get(str(q["answer"]), -1)
-                relational[i, j] = bool(q.get("relational", False))
+                families[i, j] = FAMILY_NAMES.index(question_family(q))
                 subtypes[i, j] = sub_id[str(q.get("subtype", "all"))]
             kept.append(rec.id)
             texts.append([q["text"] for q in qs])
@@ -133,7 +147,7 @@ def vqa_tensors(data: RecordSet, vocab: QuestionVocab, answers: list[str], image
     if not n:
         raise DataError(f"{data.root}: none of the images could be read")
     return VQATensors(torch.from_numpy(images[:n]).permute(0, 3, 1, 2).contiguous(), questions[:n], ans[:n],
-                      relational[:n], subtypes[:n], subtype_names, texts, kept)
+                      families[:n], list(FAMILY_NAMES), subtypes[:n], subtype_names, texts, kept)
 
 
 def _square_image(path, size: int) -> np.ndarray:

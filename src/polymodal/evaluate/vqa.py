@@ -34,12 +34,12 @@ def predict(model, data: VQATensors, batch_images: int = 100, condition: str = "
 
 
 def accuracy_table(preds: torch.Tensor, data: VQATensors) -> dict[str, float]:
-    """Accuracy overall, on relational and non-relational questions, and per subtype."""
+    """Accuracy overall, per question family (relational, non-relational, ternary) and per subtype."""
     valid = data.answers >= 0
     right = (preds == data.answers) & valid
     out = {"overall": (right.sum() / valid.sum()).item()}
-    for name, sel in (("relational", data.relational), ("non-relational", ~data.relational)):
-        sel = sel & valid
+    for i, name in enumerate(data.family_names):
+        sel = (data.families == i) & valid
         if sel.any():
             out[name] = (right[sel].sum() / sel.sum()).item()
     for i, name in enumerate(data.subtype_names):

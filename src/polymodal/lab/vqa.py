@@ -18,6 +18,8 @@ from ..models.fusion import FUSIONS, create_vqa_model, get_fusion_config, list_v
 from ..train.vqa import VQATrainConfig, train_vqa
 from ..utils import atomic_path, write_json
 
+HELDOUT_SPLIT = "test_heldout"  # drawn by rendering variants the training data never uses
+HELDOUT = "held-out rendering"  # its condition in the robustness table
 MODELS = ("late", "early", "film", "xattn", "rn")
 IMAGE_ONLY_BUDGET = 180.0
 # Santoro et al. 2017, Sort-of-CLEVR from pixels: "above 94% for both relational and
@@ -57,7 +59,9 @@ def load_splits(cfg: LabConfig, image_size: int):
     test = vqa_tensors(data.split(test_name), vocab, answers, image_size)
     val_split = data.split("val") if "val" in data.splits else data.split(test_name)
     val = vqa_tensors(val_split, vocab, answers, image_size).subset(cfg.val_images)
-    return data, vocab, answers, train, val, test
+    heldout = vqa_tensors(data.split(HELDOUT_SPLIT), vocab, answers, image_size) if HELDOUT_SPLIT in data.splits \
+        else None
+    return data, vocab, answers, train, val, test, heldout
 
 
 def question_only(train: VQATensors, test: VQATensors) -> dict[str, float]:
@@ -85,7 +89,7 @@ def run_lab(cfg: LabConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = get_fusion_config(cfg.models[0]).image_size
-    data, vocab, answers, train, val, test = load_splits(cfg, image_size)
+    data, vocab, answers, train, val, test, heldout = load_splits(cfg, image_size)
     console.print(f"{len(train)} training images ({train.questions.shape[1]} questions each), "
                   f"{len(test)} test images; answers: {', '.join(answers)}")
     if len(data.skips):
@@ -122,6 +126,8 @@ def run_lab(cfg: LabConfig) -> dict:
                  "questions_seen": history["questions_seen"],
                  "parameters": sum(p.numel() for p in model.parameters()), "curve": history["curve"],
                  "test": evaluate_vqa(model, test, conditions), "checkpoint": str(out / key)}
+        if heldout is not None and name != "image-only":
+            entry["test"][HELDOUT] = evaluate_vqa(model, heldout)["clean"]
         if name == "image-only":
             results["baselines"]["image only"] = entry["test"]["question masked"]
         results["models"][key] = entry
@@ -167,29 +173,22 @@ def _attention_examples(results: dict, test: VQATensors, out: Path, n: int = 4) 
 
 def markdown_tables(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
+    tables = [e["test"].get("clean", e["test"].get("question masked")) for e in results["models"].values()]
+    families = [f for f in ("relational", "non-relational", "ternary") if any(f in t for t in tables)]
     lines = [f"Sort-of-CLEVR test accuracy (%), {results['test_images']} test images, "
              f"{results['train_images']} training images, {results['time_budget_s']:.0f} s training per model.", "",
-             "| model | relational | non-relational | overall | training s | questions seen | paper (rel / non-rel) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for key, e in results["models"].items():
-        clean = e["test"].get("clean", e["test"].get("question masked"))
+             "| model | " + " | ".join(families) + " | overall | training s | questions seen | paper (rel / non-rel) |",
+             "| --- |" + " ---: |" * (len(families) + 3) + " --- |"]
+    for (key, e), clean in zip(results["models"].items(), tables):
         paper = PAPER.get(e["fusion"]) if not e["modality_dropout"] and key in PAPER else None
         ref = f"{pct(paper['relational'])} / {pct(paper['non-relational'])}" if paper else ""
-        lines.append(f"| {key} | {pct(clean.get('relational'))} | {pct(clean.get('non-relational'))} | "
-                     f"{pct(clean['overall'])} | {e['train_seconds']:.0f} | {e['questions_seen']:,} | {ref} |")
+        cells = " | ".join(pct(clean.get(f)) for f in families)
+        lines.append(f"| {key} | {cells} | {pct(clean['overall'])} | {e['train_seconds']:.0f} | "
+                     f"{e['questions_seen']:,} | {ref} |")
     for name, b in results["baselines"].items():
-        lines.append(f"| baseline: {name} | {pct(b.get('relational'))} | {pct(b.get('non-relational'))} | "
-                     f"{pct(b['overall'])} | | | |")
-    lines += ["", "Accuracy (%) under missing or corrupted modalities (relational / non-relational):", "",
-              "| model | " + " | ".join(CONDITIONS) + " | drop when noised |",
-              "| --- |" + " ---: |" * (len(CONDITIONS) + 1)]
-    for key, e in results["models"].items():
-        if "clean" not in e["test"]:
-            continue
-        cells = [f"{pct(e['test'][c].get('relational'))} / {pct(e['test'][c].get('non-relational'))}"
-                 for c in CONDITIONS]
-        drop = e["test"]["clean"]["overall"] - e["test"]["image noised"]["overall"]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {pct(drop)} |")
+        lines.append(f"| baseline: {name} | " + " | ".join(pct(b.get(f)) for f in families)
+                     + f" | {pct(b['overall'])} | | | |")
+    lines += robustness_table(results)
     first = next(iter(results["models"].values()))["test"]
     subtypes = sorted(k for k in first.get("clean", {}) if k.startswith("type/"))
     if subtypes:
@@ -199,6 +198,23 @@ def markdown_tables(results: dict) -> str:
             if "clean" in e["test"]:
                 lines.append(f"| {key} | " + " | ".join(pct(e["test"]["clean"].get(s)) for s in subtypes) + " |")
     return "\n".join(lines) + "\n"
+
+
+def robustness_table(results: dict) -> list[str]:
+    """Markdown rows: relational / non-relational accuracy of each model under every condition
+    (and on the held-out rendering split where the data has one)."""
+    pct = lambda v: f"{100 * v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
+    tested = {k: e for k, e in results["models"].items() if "clean" in e["test"]}
+    conditions = list(CONDITIONS) + ([HELDOUT] if any(HELDOUT in e["test"] for e in tested.values()) else [])
+    lines = ["", "Accuracy (%) under missing or corrupted modalities (relational / non-relational):", "",
+             "| model | " + " | ".join(conditions) + " | drop when noised |",
+             "| --- |" + " ---: |" * (len(conditions) + 1)]
+    for key, e in tested.items():
+        cells = [f"{pct(e['test'].get(c, {}).get('relational'))} / {pct(e['test'].get(c, {}).get('non-relational'))}"
+                 for c in conditions]
+        drop = e["test"]["clean"]["overall"] - e["test"]["image noised"]["overall"]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {pct(drop)} |")
+    return lines
 
 
 def write_results(results: dict, out: Path) -> None:

@@ -33,6 +33,8 @@ class FusionConfig:
     question_layers: int = 1
     layers: int = 2  # fusion depth: transformer layers (early), attention hops (xattn), FiLM blocks, g-MLP layers (rn)
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
+    rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
+    relation_dim: int = 32  # rn with rn_question "last": width of g's output, the per-question part
 
     @classmethod
     def from_dict(cls, d: dict) -> FusionConfig:
@@ -108,7 +110,9 @@ class LateFusion(FusionModel):
 
 @FUSIONS.register("early")
 class EarlyFusion(FusionModel):
-    """Image regions and question tokens in one sequence through one transformer (per question)."""
+    """Image regions and question tokens in one sequence through one transformer (per question);
+    the answer reads the mean of the question's tokens, which have attended to the regions (the
+    regions' own outputs, most of them background, would drown the question in a mean over all)."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
@@ -125,19 +129,25 @@ class EarlyFusion(FusionModel):
         seq = torch.cat([img, q_tokens + self.modality[1]], dim=2).reshape(B * Q, N + L, D)
         pad = torch.cat([torch.zeros(B, Q, N, dtype=torch.bool, device=seq.device), q_pad], dim=2)
         x = self.norm(self.transformer(seq, src_key_padding_mask=pad.reshape(B * Q, N + L)))
-        keep = (~pad.reshape(B * Q, N + L)).unsqueeze(-1).float()
-        return ((x * keep).sum(1) / keep.sum(1)).reshape(B, Q, D), None
+        words = x[:, N:].reshape(B, Q, L, D)
+        keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
+        return (words * keep).sum(2) / keep.sum(2), None
 
 
 @FUSIONS.register("film")
 class FiLMFusion(FusionModel):
     """FiLM (Perez et al. 2018): the question scales and shifts the image features channel-wise
-    inside residual conv blocks; then a max over regions."""
+    inside residual conv blocks; then a max over regions.
+
+    Block i's 3x3 convolution is dilated by 2^i, so three blocks see 15x15 cells, the whole 10x10
+    grid: "the object furthest from the red one" needs the red one's position everywhere (with two
+    undilated blocks, 5x5 cells, furthest stayed at 79 % after 30 minutes)."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
         c = config
-        self.convs = nn.ModuleList(nn.Conv2d(c.dim, c.dim, 3, padding=1) for _ in range(c.layers))
+        self.convs = nn.ModuleList(nn.Conv2d(c.dim, c.dim, 3, padding=2 ** i, dilation=2 ** i)
+                                   for i in range(c.layers))
         self.norms = nn.ModuleList(nn.BatchNorm2d(c.dim, affine=False) for _ in range(c.layers))
         self.film = nn.Linear(c.dim, 2 * c.dim * c.layers)
         self.out = nn.Conv2d(c.dim, c.dim, 1)
@@ -210,30 +220,53 @@ class CrossAttentionFusion(FusionModel):
 
 @FUSIONS.register("rn")
 class RelationNetwork(FusionModel):
-    """Relation network (Santoro et al. 2017): f(sum over region pairs (i, j) of g(o_i, o_j, q)).
+    """Relation network (Santoro et al. 2017): f(mean over region pairs (i, j) of g(o_i, o_j, q)).
 
-    g's first layer is linear in its concatenated input, so it splits into W_a o_i + W_b o_j + W_q q:
+    g's first layer is linear in its concatenated input, so it splits into W_a o_i + W_b o_j (+ W_q q):
     each term is computed once per region (or question) and the N^2 pairs only add and apply the
-    later layers."""
+    later layers. Where the question enters g is `rn_question`:
+    - "first" (the paper): in g's first layer, so every later layer runs once per question;
+    - "last": g's layers run once per image and end in `relation_dim` (< hidden) features, which
+      the question scales and shifts (FiLM) before the last ReLU and the mean over pairs: the pair
+      MLP costs Q times less (Q = 20 on Sort-of-CLEVR) and the per-question work, N^2 x relation_dim,
+      is what is left.
+    The mean over pairs is layer-normalised before f: most pairs are background, and without it
+    the relation network learnt nothing from the image in 5 minutes."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
         c = config
         self.g_a, self.g_b = nn.Linear(c.dim, c.hidden), nn.Linear(c.dim, c.hidden, bias=False)
-        self.g_q = nn.Linear(c.dim, c.hidden, bias=False)
-        self.g_rest = nn.Sequential(*[m for _ in range(c.layers - 1)
-                                      for m in (nn.Linear(c.hidden, c.hidden), nn.ReLU())])
-        self.f = mlp([c.hidden, c.hidden, c.hidden])
+        if c.rn_question == "first":
+            self.g_q = nn.Linear(c.dim, c.hidden, bias=False)
+            later = [nn.Linear(c.hidden, c.hidden) for _ in range(c.layers - 1)]
+            self.g_rest = nn.Sequential(*[m for lin in later for m in (lin, nn.ReLU())])
+            relation_dim = c.hidden
+        elif c.rn_question == "last":
+            relation_dim = c.relation_dim
+            self.g_film = nn.Linear(c.dim, 2 * relation_dim)
+            widths = [c.hidden] * (c.layers - 1) + [relation_dim]
+            self.g_rest = nn.Sequential(*[m for a, b in zip(widths[:-1], widths[1:])
+                                          for m in (nn.ReLU(), nn.Linear(a, b))])
+        else:
+            raise ValueError(f"rn_question must be 'first' or 'last', not '{c.rn_question}'")
+        self.relation_norm = nn.LayerNorm(relation_dim)
+        self.f = mlp([relation_dim, c.hidden, c.hidden])
 
     def fused_dim(self):
         return self.config.hidden
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
         a, b = self.g_a(regions), self.g_b(regions)  # (B, N, H)
-        q = self.g_q(q_pooled)  # (B, Q, H)
-        pairs = a[:, None, :, None] + b[:, None, None, :] + q[:, :, None, None]  # (B, Q, N, N, H)
-        relations = self.g_rest(F.relu(pairs)).sum(dim=(2, 3))  # (B, Q, H)
-        return F.relu(self.f(relations / self.n_regions)), None
+        if self.config.rn_question == "first":
+            q = self.g_q(q_pooled)  # (B, Q, H)
+            pairs = a[:, None, :, None] + b[:, None, None, :] + q[:, :, None, None]  # (B, Q, N, N, H)
+            relations = self.g_rest(F.relu(pairs)).mean(dim=(2, 3))  # (B, Q, H)
+        else:
+            pairs = self.g_rest(a[:, :, None] + b[:, None, :]).flatten(1, 2)  # (B, N*N, R), before the last ReLU
+            gamma, beta = self.g_film(q_pooled).chunk(2, dim=-1)  # (B, Q, R) each
+            relations = F.relu(pairs[:, None] * (1 + gamma[:, :, None]) + beta[:, :, None]).mean(2)  # (B, Q, R)
+        return F.relu(self.f(self.relation_norm(relations))), None
 
 
 def build_fusion_model(config: FusionConfig, vocab_size: int, question_length: int, n_answers: int) -> FusionModel:
