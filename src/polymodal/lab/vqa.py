@@ -171,8 +171,12 @@ def _attention_examples(results: dict, test: VQATensors, out: Path, n: int = 4) 
     return examples
 
 
+def pct(value) -> str:
+    """A fraction as a percentage with one decimal, "-" where there is none."""
+    return f"{100 * value:.1f}" if isinstance(value, float) else "-"
+
+
 def markdown_tables(results: dict) -> str:
-    pct = lambda v: f"{100 * v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
     tables = [e["test"].get("clean", e["test"].get("question masked")) for e in results["models"].values()]
     families = [f for f in ("relational", "non-relational", "ternary") if any(f in t for t in tables)]
     lines = [f"Sort-of-CLEVR test accuracy (%), {results['test_images']} test images, "
@@ -203,7 +207,6 @@ def markdown_tables(results: dict) -> str:
 def robustness_table(results: dict) -> list[str]:
     """Markdown rows: relational / non-relational accuracy of each model under every condition
     (and on the held-out rendering split where the data has one)."""
-    pct = lambda v: f"{100 * v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
     tested = {k: e for k, e in results["models"].items() if "clean" in e["test"]}
     conditions = list(CONDITIONS) + ([HELDOUT] if any(HELDOUT in e["test"] for e in tested.values()) else [])
     lines = ["", "Accuracy (%) under missing or corrupted modalities (relational / non-relational):", "",
