@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--budget", type=float, default=1800.0, help="training seconds of each design")
     ap.add_argument("--parts", default="xattn,rn,film,early,late,ternary",
                     help="comma-separated: designs, 'ternary', 'dropout'")
-    ap.add_argument("--ternary-budget", type=float, default=900.0)
+    ap.add_argument("--ternary-budget", type=float, default=600.0)
     ap.add_argument("--dropout-budget", type=float, default=600.0)
     ap.add_argument("--dropout", type=float, default=0.3, help="modality dropout probability")
     ap.add_argument("--n-train", type=int, default=9800, help="training images (the paper: 9,800)")
