@@ -1,4 +1,9 @@
-"""torchrun/DDP set-up: gloo on CPU, nccl on CUDA. Without torchrun everything is one process."""
+"""Process-group set-up for DDP: gloo on CPU, nccl on CUDA. Without a launcher everything is one process.
+
+The group is whatever the launcher describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT): torchrun on one host or on several through its c10d rendezvous, or Ray Train,
+which sets the same variables and creates the group itself before the loop starts.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,25 @@ def init_distributed(device: str) -> DistInfo:
     if device.startswith("cuda"):
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def share_resume_state(state: dict | None, info: DistInfo) -> dict | None:
+    """Every rank resumes from rank 0's training state (step, epoch, optimizer moments).
+
+    Only rank 0 writes checkpoints, so on hosts that do not share a filesystem the other ranks
+    find no state in `--out` and would start over: a different schedule, other optimizer moments,
+    parameters that drift apart. The small summaries are compared first, so the optimizer state
+    is sent only when the ranks disagree."""
+    if not info.enabled:
+        return state
+    mine = None if state is None else (state["step"], state["epoch"])
+    seen: list = [None] * info.world_size
+    dist.all_gather_object(seen, mine)
+    if all(s == seen[0] for s in seen):
+        return state
+    box = [state]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(info: DistInfo) -> None:
