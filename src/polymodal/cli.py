@@ -271,6 +271,7 @@ def demo_cmd(
 
 # Each feature area keeps its commands in its own module; they import their libraries lazily.
 from .audio_cli import train_audio_cmd  # noqa: E402  (audio)
+from .cca_cli import cca_app  # noqa: E402  (classical alignment: CCA family)
 from .chat_cli import chat_cmd, chat_eval_cmd, chat_train_cmd, data_questions  # noqa: E402  (image-grounded chat)
 from .cli_export import export_app, lora_app  # noqa: E402  (export onnx, lora merge)
 from .diffusion_cli import generate_cmd, train_generator_cmd  # noqa: E402  (text-to-image)
@@ -291,6 +292,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(lora_app, name="lora")
 app.add_typer(index_app, name="index")
 app.add_typer(lab_app, name="lab")
+app.add_typer(cca_app, name="cca")
 app.add_typer(caption_app, name="caption")
 app.command("train-generator")(train_generator_cmd)
 app.command("train-video-generator")(train_video_generator_cmd)

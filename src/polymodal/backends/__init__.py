@@ -9,7 +9,7 @@ Sources (see `load_model`):
     open_clip:hf-hub:<org>/<repo>        open_clip model on the hub
     <dir>                                a Hugging Face model directory (clip/siglip, clap, or a VLM),
                                          an open_clip directory (open_clip_config.json), an ONNX
-                                         export, a polymodal fine-tune (full or LoRA adapters), or
+                                         or OpenVINO export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint (aligned, or generative: a
                                          captioner or chat model, by the kind in config.json),
                                          or a diffusers text-to-image / text-to-video pipeline
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.classical.encoder import load_cca
 from ..models.generative.captioner import load_captioner
 from ..models.generative.chat import load_chat_model
 from ..models.generative.diffusion import is_diffusers_pipeline, load_text_to_image
@@ -36,8 +37,9 @@ from .base import BACKEND_FILE, PretrainedModel
 from .clap import is_clap, is_clap_dir, load_clap
 from .hf import is_hf_dir, load_hf
 from .hf_vlm import is_hf_vlm, load_hf_vlm
-from .onnx import ONNX_FILE, load_onnx
+from .onnx import ONNX_FILE
 from .open_clip import is_open_clip_dir, load_open_clip
+from .openvino import load_export
 
 PREFIXES = ("hf:", "open_clip:")
 
@@ -76,7 +78,7 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         model.model_id = f"{model.model_id}+lora:{path.resolve()}"
         return model.to(device)
     if (path / ONNX_FILE).is_file():
-        return load_onnx(path).to(device)
+        return load_export(path).to(device)  # the engine fastest on this CPU
     if is_text_to_video_pipeline(path):
         return load_text_to_video(path, device)
     if is_diffusers_pipeline(path):
@@ -89,9 +91,9 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         return load_hf(str(path)).to(device)
     if is_clap_dir(path):
         return load_clap(str(path)).to(device)
-    generative = GENERATIVE_LOADERS.get(_checkpoint_kind(path))
-    if generative:
-        return generative(path, device)
+    by_kind = KIND_LOADERS.get(_checkpoint_kind(path))
+    if by_kind:
+        return by_kind(path, device)
     return load_checkpoint(path, device)
 
 
@@ -135,6 +137,8 @@ def merge_lora(source: str | Path, out: str | Path) -> Path:
 # polymodal's generative checkpoints by the "kind" in their config.json; each loader returns a
 # model with `caption(images)` (captioners) and/or `chat(image, messages)` (chat models).
 GENERATIVE_LOADERS = {"captioner": load_captioner, "chat": load_chat_model}
+# Models of other kinds in a polymodal directory, by the same "kind" (a fitted CCA: `polymodal cca fit`).
+KIND_LOADERS = {**GENERATIVE_LOADERS, "cca": load_cca}
 
 
 def _checkpoint_kind(path: Path) -> str | None:
