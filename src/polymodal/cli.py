@@ -114,9 +114,12 @@ def data_convert(
                                "(a .pickle / .pkl file is a Sort-of-CLEVR pickle)."),
     images: Path | None = typer.Option(None, help="Directory the media paths are relative to."),
     strict: bool = typer.Option(False, help="Fail on the first bad record instead of skipping it."),
+    to: str = typer.Option("manifest", help="manifest, or webdataset: tar shards (images copied in) with an "
+                           "index, OUT/shards.json, for streaming training."),
+    shard_size: int = typer.Option(10000, min=1, help="Samples per tar shard (--to webdataset)."),
 ):
     """Write any supported dataset as a polymodal manifest (media files are not copied, except the
-    images inside a Sort-of-CLEVR pickle)."""
+    images inside a Sort-of-CLEVR pickle), or as WebDataset shards."""
     import os
 
     from .data import load_records, write_manifest
@@ -128,7 +131,18 @@ def data_convert(
         console.print(f"wrote {sum(splits.values())} images with their questions to {out} "
                       f"({', '.join(f'{k} {v}' for k, v in splits.items())})")
         return
+    if to not in ("manifest", "webdataset"):
+        raise typer.BadParameter(f"unknown output '{to}' (manifest or webdataset)")
     data = load_records(source, format=format, strict=strict, images=images)
+    if to == "webdataset":
+        from .data.formats.webdataset import INDEX, write_shards
+
+        index = write_shards(data, out, shard_size)
+        counts = {k: sum(s["samples"] for s in v) for k, v in index["splits"].items()}
+        console.print(f"wrote {sum(len(v) for v in index['splits'].values())} shards to {out} "
+                      f"({', '.join(f'{k} {v}' for k, v in counts.items())}; index {out / INDEX})")
+        console.print(data.skips.summary())
+        return
     out.mkdir(parents=True, exist_ok=True)
     for rec in data.records:
         for key in ("image", "audio"):
@@ -153,7 +167,7 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'sh
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Argument(..., help="Training dataset (its 'train' split is used)."),
+    data: Path = typer.Argument(..., help="Training dataset (its 'train' split is used), or WebDataset shards."),
     out: Path = typer.Option(Path("runs/train"), help="Checkpoint directory to write."),
     model: str = typer.Option("shapes-cnn-small", help="Architecture preset (see `polymodal models`), JSON file, "
                               "or a pretrained model to fine-tune: hf:<id>, open_clip:<arch>/<tag>, a directory."),
@@ -182,8 +196,14 @@ def train_cmd(
     lora_rank: int = typer.Option(8, min=1, help="Rank of the LoRA adapters."),
     lock_image: bool = typer.Option(False, "--lock-image", help="Freeze the image tower (LiT)."),
     lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
+    workers: int = typer.Option(2, min=0, help="DataLoader workers decoding WebDataset shards (streaming only)."),
+    save_every: int | None = typer.Option(None, min=1, help="Also checkpoint every N steps within an epoch; "
+                                          "--resume continues the epoch's stream from there."),
+    sample_log: Path | None = typer.Option(None, hidden=True, help="Append each step's sample ids (JSON lines)."),
 ):
-    """Train an aligned image-text model contrastively, or fine-tune a pretrained one. Runs under torchrun for DDP."""
+    """Train an aligned image-text model contrastively, or fine-tune a pretrained one. Runs under torchrun for DDP.
+    DATA is a dataset directory (decoded into memory) or WebDataset shards, streamed: a directory of .tar
+    shards (from `data convert --to webdataset`, or img2dataset), a brace pattern 'shards/{00000..00099}.tar'."""
     from .train.loop import TrainConfig, train
 
     if loss not in ("clip", "siglip"):
@@ -193,7 +213,8 @@ def train_cmd(
                       lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, precision=precision,
                       hard_negatives=hard_negatives, seed=seed, device=device, eval_images=eval_images,
                       resume=resume, strict=strict, lora=lora_rank if lora else 0, lock_image=lock_image,
-                      lock_text=lock_text)
+                      lock_text=lock_text, workers=workers, save_every=save_every,
+                      sample_log=str(sample_log) if sample_log else None)
     path = train(cfg)
     console.print(f"checkpoint: {path}")
 

@@ -7,6 +7,7 @@ tokenized per batch (the Rust tokenizer does 256 captions in about a millisecond
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ class Batch:
     images: torch.Tensor  # (B, 3, S, S) uint8
     captions: list[str]  # (B,)
     negatives: list[str] | None = None  # (B * K,) hard-negative captions, K per image
+    ids: list[str] | None = None  # (B,) record ids, for logs of the sample sequence
+    position: object = None  # where the epoch's stream stands after this batch (saved for a mid-epoch resume)
 
 
 class ImageTextPairs:
@@ -67,10 +70,18 @@ class ImageTextPairs:
         return len(self.records)
 
     def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                hard_negatives: int = 0, drop_last: bool = True) -> Iterator[Batch]:
+                hard_negatives: int = 0, drop_last: bool = True, position: int | None = None) -> Iterator[Batch]:
         """One shuffled epoch. `batch_size` is the global batch; each rank gets its slice of it,
         so N processes see exactly the batches one process would. `hard_negatives`: counterfactual
-        captions per image, where the dataset kind has a sampler for them (ShapesWorld)."""
+        captions per image, where the dataset kind has a sampler for them (ShapesWorld).
+        `position` (a batch's `.position`): continue the epoch after that batch."""
+        epoch_batches = self._epoch(batch_size, seed, epoch, rank, world_size, hard_negatives, drop_last)
+        # The batches before `position` are still drawn (cheap: no decoding), so that the caption
+        # draws after it are those of an uninterrupted epoch.
+        return itertools.islice(epoch_batches, position or 0, None)
+
+    def _epoch(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, hard_negatives: int,
+               drop_last: bool) -> Iterator[Batch]:
         rng = random.Random(f"{seed}/{epoch}")
         order = list(range(len(self)))
         rng.shuffle(order)
@@ -84,7 +95,9 @@ class ImageTextPairs:
                 # fewer valid counterfactuals is topped up with other images' captions.
                 per_image = [self._negatives(i, hard_negatives, rng) for i in window][rank::world_size]
                 negatives = [caption for group in per_image for caption in group]
-            yield Batch(self.images[window[rank::world_size]], captions, negatives)
+            mine = window[rank::world_size]
+            yield Batch(self.images[mine], captions, negatives, [self.records[i].id for i in mine],
+                        position=start // batch_size + 1)
 
     def _negatives(self, index: int, count: int, rng: random.Random) -> list[str]:
         found = self.sample_negatives(index, count, rng)

@@ -8,9 +8,10 @@ VQA trainer (`engine.StepLoop`: the schedule runs on progress, steps or the time
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..backends import is_pretrained_source, load_trainable, save_model
 from ..data.formats import load_records
+from ..data.formats.webdataset import find_shards, is_shard_source
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
+from ..data.streaming import StreamingPairs, shard_captions
 from ..evaluate.run import evaluate_split
 from ..losses import get_loss
 from ..models.aligned import AlignedModel
@@ -37,7 +40,7 @@ STATE_FILE = "training_state.pt"
 
 @dataclass
 class TrainConfig:
-    data: str  # dataset directory (or any format the loaders read)
+    data: str  # dataset directory (or any format the loaders read), or WebDataset shards (streamed)
     out: str  # checkpoint directory to write
     model: str = "shapes-cnn-small"  # preset name or JSON path
     loss: str = "clip"  # "clip" (InfoNCE) or "siglip"
@@ -64,6 +67,9 @@ class TrainConfig:
     lock_text: bool = False  # freeze the text tower, projection included
     progress: bool = True
     log_every: int = 10  # steps between metric rows
+    workers: int = 2  # DataLoader workers decoding shards (streaming only)
+    save_every: int | None = None  # steps between mid-epoch checkpoints (resume continues the epoch's stream)
+    sample_log: str | None = None  # JSON lines of each step's sample ids (rank 0), to check resumes
     extra: dict = field(default_factory=dict)
 
 
@@ -92,17 +98,24 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     if cfg.batch_size % (info.world_size * cfg.accum_steps):
         raise ValueError(f"batch size {cfg.batch_size} must divide by world size x accum steps "
                          f"({info.world_size} x {cfg.accum_steps})")
-    data = load_records(cfg.data, strict=cfg.strict)
-    train_set = data.split("train")
-    if not len(train_set):
+    streaming = is_shard_source(cfg.data)  # shards are streamed; a dataset directory is decoded into memory
+    data = None if streaming else load_records(cfg.data, strict=cfg.strict)
+    train_set = None if streaming else data.split("train")
+    if train_set is not None and not len(train_set):
         raise DataError(f"{cfg.data}: no records in split 'train' (splits: {data.splits})")
-    model, state, pretrained = _build_model(cfg, train_set, out, device)
+    texts = (lambda: shard_captions(find_shards(cfg.data))) if streaming else (lambda: (t for r in train_set
+                                                                                         for t in r.text))
+    model, state, pretrained = _build_model(cfg, texts, out, device)
     state = share_resume_state(state, info)  # ranks on hosts without --out resume with rank 0
     _check_model(cfg, model, pretrained, info)
     loss_fn = get_loss(cfg.loss)
-    pairs = _training_pairs(cfg, train_set, model, info)
-    val = _validation_split(cfg, data) if info.is_main else None
-    if info.is_main and len(data.skips):
+    if streaming:
+        pairs = StreamingPairs(cfg.data, model.config.image.image_size, cfg.workers, strict=cfg.strict,
+                               world_size=info.world_size)
+    else:
+        pairs = _training_pairs(cfg, train_set, model, info)
+    val = _validation_split(cfg, data) if info.is_main and data is not None else None
+    if info.is_main and data is not None and len(data.skips):
         print(data.skips.summary())
     model, net = _place_model(model, device, info)
     lr = cfg.lr if cfg.lr is not None else _default_lr(cfg, pretrained)
@@ -116,8 +129,11 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
     loop = StepLoop(model, optimizer, progress, lr, cfg.warmup, show=cfg.progress and info.is_main)
     steps = ContrastiveSteps(cfg, model, net, optimizer, loss_fn, pairs, val, log, progress, info,
                              device, out, say=loop.say)
+    steps.resume_at(state)
     loop.run(steps.batches, steps.step, steps.after_step, steps.end_epoch, first_epoch, max_epochs)
     log.close()
+    if info.is_main and streaming and len(pairs.skips):
+        print(pairs.skips.summary())
     return out
 
 
@@ -165,7 +181,7 @@ def _place_model(model, device: str, info: DistInfo):
     return model, (DistributedDataParallel(model) if info.enabled else model)
 
 
-def _schedule(cfg: TrainConfig, pairs: ImageTextPairs, state: dict | None, info: DistInfo):
+def _schedule(cfg: TrainConfig, pairs: ImageTextPairs | StreamingPairs, state: dict | None, info: DistInfo):
     """(progress, first epoch, last epoch): the length of training in steps (or seconds), where
     a resumed run picks up."""
     steps_per_epoch = pairs.steps_per_epoch(cfg.batch_size)
@@ -179,9 +195,10 @@ def _schedule(cfg: TrainConfig, pairs: ImageTextPairs, state: dict | None, info:
     return progress, first_epoch, math.ceil(total_steps / steps_per_epoch)
 
 
-def _build_model(cfg: TrainConfig, train_set, out: Path, device: str):
+def _build_model(cfg: TrainConfig, texts: Callable[[], Iterable[str]], out: Path, device: str):
     """(model, saved training state or None, whether the model is pretrained): resumed from `out`,
-    loaded from a pretrained source, or created from a preset with a tokenizer from the captions."""
+    loaded from a pretrained source, or created from a preset with a tokenizer from the captions
+    (`texts()`: the training captions)."""
     state = None
     pretrained = is_pretrained_source(cfg.model)
     if cfg.resume and (out / STATE_FILE).exists() and (pretrained or is_checkpoint(out)):
@@ -190,7 +207,7 @@ def _build_model(cfg: TrainConfig, train_set, out: Path, device: str):
     elif pretrained or Path(cfg.model).is_dir():  # a polymodal checkpoint is fine-tuned as it is
         model = load_trainable(cfg.model, cfg.lora, cfg.lock_image, cfg.lock_text, device)
     else:
-        model = create_model(cfg.model, texts=(t for r in train_set for t in r.text), lock_image=cfg.lock_image,
+        model = create_model(cfg.model, texts=texts(), lock_image=cfg.lock_image,
                              lock_text=cfg.lock_text).to(device)
         if cfg.loss == "siglip" and model.logit_bias is None:
             # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
@@ -236,7 +253,7 @@ class ContrastiveSteps:
     net: torch.nn.Module  # what the forward pass calls: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
-    pairs: ImageTextPairs
+    pairs: ImageTextPairs | StreamingPairs
     val: RecordSet | None
     log: MetricsLog
     progress: TrainingProgress
@@ -247,20 +264,52 @@ class ContrastiveSteps:
     epoch: int = 0
     _epoch_start: float = 0.0
     _seen: int = 0
+    _position: object = None  # where this rank's stream stands in the epoch (the last batch's position)
+    _saved_step: int = 0
+    _ids: list[str] | None = None  # the last batch's record ids
+
+    def resume_at(self, state: dict | None) -> None:
+        """A run saved mid-epoch continues that epoch's stream after the last batch it had taken."""
+        positions = (state or {}).get("position")
+        if positions is not None and len(positions) != self.info.world_size:
+            raise ValueError(f"the checkpoint was saved mid-epoch by {len(positions)} processes; "
+                             f"resume with the same number (not {self.info.world_size})")
+        self._position = positions[self.info.rank] if positions else None
+        self._saved_step = self.progress.step
 
     def batches(self, epoch: int):
         self.epoch, self._epoch_start, self._seen = epoch, time.perf_counter(), 0
         return self.pairs.batches(self.cfg.batch_size, self.cfg.seed, epoch, self.info.rank, self.info.world_size,
-                                  hard_negatives=self.cfg.hard_negatives)
+                                  hard_negatives=self.cfg.hard_negatives, position=self._position)
 
     def step(self, batch) -> dict[str, float]:
+        if self.cfg.save_every and self.progress.step % self.cfg.save_every == 0 \
+                and self.progress.step != self._saved_step and self._position is not None:
+            # Saved before this step, not after the last one, so a resumed epoch always has a batch left.
+            with self.progress.paused():
+                self._save_mid_epoch()
+        self._position, self._ids = batch.position, batch.ids
         micro = self.cfg.batch_size // self.cfg.accum_steps // self.info.world_size
         return _step(self.net, self.model, batch, self.loss_fn, self.optimizer, self.cfg, self.device, micro)
+
+    def _save_mid_epoch(self) -> None:
+        positions = [self._position]
+        if self.info.enabled:
+            positions = [None] * self.info.world_size
+            torch.distributed.all_gather_object(positions, self._position)
+        if self.info.is_main:
+            _save(self.model, self.optimizer, self.out, self.cfg, self.progress.step, self.epoch,
+                  self.progress.elapsed, positions)
+        self._saved_step = self.progress.step
+        barrier(self.info)
 
     def after_step(self, losses: dict[str, float]) -> str:
         """Log every `log_every` steps; returns the progress bar's description."""
         self._seen += self.cfg.batch_size
         rate = self._seen / (time.perf_counter() - self._epoch_start)
+        if self.cfg.sample_log and self.info.is_main:
+            with open(self.cfg.sample_log, "a") as f:
+                f.write(json.dumps({"step": self.progress.step, "epoch": self.epoch, "ids": self._ids}) + "\n")
         if self.progress.step % self.cfg.log_every == 0:
             self.log.log(self.progress.step, {
                 **{f"train/{k}": v for k, v in losses.items()}, "train/lr": self.optimizer.param_groups[0]["lr"],
@@ -269,6 +318,7 @@ class ContrastiveSteps:
 
     def end_epoch(self, epochs_done: int) -> None:
         """Rank 0 evaluates on the validation split, logs and saves; then every rank waits for it."""
+        self._position, self._saved_step = None, self.progress.step  # the next epoch starts from its beginning
         if self.info.is_main:
             metrics = _evaluate_epoch(self.model, self.val) if self.val is not None else {}
             self.log.log(self.progress.step, {**metrics, "epoch": epochs_done})
@@ -311,8 +361,11 @@ def _evaluate_epoch(model, val) -> dict[str, float]:
     return out
 
 
-def _save(model, optimizer, out: Path, cfg: TrainConfig, step: int, epoch: int, elapsed: float) -> None:
+def _save(model, optimizer, out: Path, cfg: TrainConfig, step: int, epoch: int, elapsed: float,
+          position: list | None = None) -> None:
+    """`epoch`: epochs done; `position`: per rank, where the current epoch's stream stands (None at an epoch's end)."""
     train_meta = {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
     save_model(model, out, extra={"training": train_meta, "step": step, "epoch": epoch})
     with atomic_path(out / STATE_FILE) as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed": elapsed}, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed": elapsed,
+                    "position": position}, tmp)

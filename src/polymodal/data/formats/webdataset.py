@@ -1,0 +1,153 @@
+"""WebDataset tar shards: writing them from any dataset, and finding them for streaming.
+
+A converted dataset is a directory of `{split}-{n:06d}.tar` shards and `shards.json`, the index
+(shard names and sample counts per split, and the dataset kind). Each sample is `{key}.{png|jpg}`,
+`{key}.txt` (the first caption) and `{key}.json` (the whole record: id, split, every caption,
+attributes, labels). Keys are sequence numbers: webdataset cuts a key at the first dot of a file
+name, so record ids (which may hold dots) live in the JSON instead.
+
+Streaming also reads shards it did not write: a brace pattern (`shards/{00000..00009}.tar`), one
+`.tar`, or img2dataset's output directory (`*.tar` with `*_stats.json` and parquet beside them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import braceexpand
+import webdataset as wds
+from webdataset.tariterators import base_plus_ext
+
+from ...utils import atomic_path, progress_bar, write_json
+from ..kinds import read_meta
+from ..schema import DataError, Record, RecordSet
+
+INDEX = "shards.json"
+KEPT_IMAGE_TYPES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}  # stored as they are
+
+
+@dataclass
+class Shard:
+    url: str  # a local path
+    samples: int | None  # None: not known until read
+
+
+@dataclass
+class ShardSet:
+    """The shards of one split, and what the index says about the dataset."""
+
+    source: str
+    shards: list[Shard]
+    meta: dict  # {"kind": ...} where known
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples or 0 for s in self.shards)
+
+
+def write_shards(data: RecordSet, out: Path, shard_size: int = 10000, progress: bool = True) -> dict:
+    """Every record with an image as tar shards under `out`, one shard set per split, then the
+    index. Each shard and the index are written under a temporary name and renamed, so a killed
+    conversion leaves no half-written shard. Returns the index."""
+    if shard_size < 1:
+        raise ValueError("shard size must be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    records = [r for r in data.records if r.image]
+    splits: dict[str, list[dict]] = {}
+    with progress_bar(progress) as bar:
+        task = bar.add_task("writing shards", total=len(records))
+        for split in dict.fromkeys(r.split for r in records):
+            in_split = [r for r in records if r.split == split]
+            splits[split] = []
+            for start in range(0, len(in_split), shard_size):
+                name = f"{split}-{len(splits[split]):06d}.tar"
+                count = _write_shard(data, in_split[start:start + shard_size], out / name, start)
+                splits[split].append({"name": name, "samples": count})
+                bar.advance(task, min(shard_size, len(in_split) - start))
+    index = {"format": "webdataset", "version": 1, "kind": read_meta(data.root).get("kind", None),
+             "splits": splits}
+    write_json(out / INDEX, index)
+    return index
+
+
+def _write_shard(data: RecordSet, records: list[Record], path: Path, first_key: int) -> int:
+    with atomic_path(path) as tmp, tmp.open("wb") as f, wds.TarWriter(f, encoder=False) as sink:
+        for i, rec in enumerate(records):
+            ext, image = _image_bytes(data.path(rec.image))
+            sink.write({"__key__": f"{first_key + i:09d}", ext: image,
+                        "txt": (rec.text[0] if rec.text else "").encode(),
+                        "json": json.dumps(rec.to_json()).encode()})
+    return len(records)
+
+
+def _image_bytes(path: Path) -> tuple[str, bytes]:
+    """(extension, bytes): PNG/JPEG/WebP copied byte for byte, anything else re-encoded as PNG."""
+    ext = KEPT_IMAGE_TYPES.get(path.suffix.lower())
+    if ext:
+        return ext, path.read_bytes()
+    from ...modalities.image_files import load_image
+
+    buf = io.BytesIO()
+    load_image(path).save(buf, format="PNG")
+    return "png", buf.getvalue()
+
+
+def is_shard_source(source: str | Path) -> bool:
+    """Is `--data` a set of shards (index directory, directory of tars, brace pattern, .tar)?"""
+    text = str(source)
+    if ("{" in text and ".." in text) or text.endswith(".tar"):
+        return True
+    path = Path(text)
+    if not path.is_dir() or (path / "manifest.jsonl").is_file():
+        return False
+    return (path / INDEX).is_file() or any(path.glob("*.tar"))
+
+
+def find_shards(source: str | Path, split: str = "train") -> ShardSet:
+    """The shards `source` names, with sample counts from the index, img2dataset's stats files,
+    or a scan of the tar headers (no image is decoded)."""
+    text = str(source)
+    path = Path(text)
+    if path.is_dir() and (path / INDEX).is_file():
+        return _from_index(path, split)
+    if path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+    else:
+        urls = list(braceexpand.braceexpand(text))
+    if not urls:
+        raise DataError(f"{text}: no .tar shards here")
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: no such shard ({len(missing)} of {len(urls)} missing)")
+    return ShardSet(text, [Shard(u, _count_samples(Path(u))) for u in urls], {})
+
+
+def _from_index(root: Path, split: str) -> ShardSet:
+    try:
+        index = json.loads((root / INDEX).read_text())
+        entries = index["splits"].get(split, [])
+        shards = [Shard(str(root / e["name"]), int(e["samples"])) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{root / INDEX}: not a shard index ({err})") from err
+    if not shards:
+        raise DataError(f"{root / INDEX}: no shards for split '{split}' (splits: {', '.join(index['splits'])})")
+    return ShardSet(str(root), shards, {"kind": index.get("kind")})
+
+
+def _count_samples(tar: Path) -> int | None:
+    """img2dataset's `{shard}_stats.json` says how many samples it wrote; otherwise count the
+    distinct keys in the tar's headers (None: the tar cannot be read; the stream will say why)."""
+    stats = tar.with_name(f"{tar.stem}_stats.json")
+    try:
+        return int(json.loads(stats.read_text())["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        with tarfile.open(tar) as f:
+            return len({base_plus_ext(m.name)[0] for m in f if m.isreg()} - {None})
+    except (OSError, tarfile.TarError):
+        return None
