@@ -196,6 +196,9 @@ def train_cmd(
     lora_rank: int = typer.Option(8, min=1, help="Rank of the LoRA adapters."),
     lock_image: bool = typer.Option(False, "--lock-image", help="Freeze the image tower (LiT)."),
     lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
+    init_from: list[str] | None = typer.Option(None, "--init-from", metavar="DIR", help=(
+        "Start the towers of the --model preset from a checkpoint of `polymodal pretrain` (the tower it "
+        "pretrained) or of `polymodal train` (both); repeat for one per tower.")),
     workers: int = typer.Option(2, min=0, help="DataLoader workers decoding WebDataset shards (streaming only)."),
     save_every: int | None = typer.Option(None, min=1, help="Also checkpoint every N steps within an epoch; "
                                           "--resume continues the epoch's stream from there."),
@@ -215,8 +218,9 @@ def train_cmd(
                       resume=resume, strict=strict, lora=lora_rank if lora else 0, lock_image=lock_image,
                       lock_text=lock_text, workers=workers, save_every=save_every,
                       sample_log=str(sample_log) if sample_log else None)
+    cfg.init_from = list(init_from or [])
     path = train(cfg)
-    console.print(f"checkpoint: {path}")
+    console.print(f"checkpoint: {path}" + (f" (towers from {', '.join(cfg.init_from)})" if cfg.init_from else ""))
 
 
 @app.command("eval")
@@ -300,6 +304,7 @@ from .generative_cli import caption_app  # noqa: E402  (captioning)
 from .index.cli import index_app, search_cmd, serve_cmd  # noqa: E402  (the search engine)
 from .lab.cli import lab_app, sort_of_clevr  # noqa: E402  (VQA fusion lab)
 from .paradigms.cli import federated_cmd, fewshot_app  # noqa: E402  (few-shot, federated)
+from .pretrain_cli import pretrain_cmd  # noqa: E402  (self-supervised pretraining)
 from .speak_cli import data_speak  # noqa: E402  (spoken captions)
 from .transcribe_cli import transcribe_cmd  # noqa: E402  (speech recognition)
 from .video_cli import train_video_generator_cmd, train_video_retrieval_cmd  # noqa: E402  (video)
@@ -322,6 +327,7 @@ app.command("train-generator")(train_generator_cmd)
 app.command("train-video-generator")(train_video_generator_cmd)
 app.command("train-video-retrieval")(train_video_retrieval_cmd)
 app.command("train-audio")(train_audio_cmd)
+app.command("pretrain")(pretrain_cmd)
 app.command("transcribe")(transcribe_cmd)
 app.command("generate")(generate_cmd)
 app.command("search")(search_cmd)

@@ -32,6 +32,7 @@ from ..models.factory import create_model
 from ..utils import atomic_path, pick_device, resolve_precision, seed_everything
 from .distributed import DistInfo, barrier, cleanup, init_distributed, share_resume_state
 from .engine import StepLoop, TrainingProgress
+from .init_from import init_towers
 from .metrics import MetricsLog
 from .optim import build_optimizer, clip_and_step
 
@@ -65,6 +66,7 @@ class TrainConfig:
     lora: int = 0  # LoRA rank for a pretrained model (0: no adapters)
     lock_image: bool = False  # freeze the image tower, projection included (LiT)
     lock_text: bool = False  # freeze the text tower, projection included
+    init_from: list[str] = field(default_factory=list)  # checkpoints whose towers start training (polymodal pretrain)
     progress: bool = True
     log_every: int = 10  # steps between metric rows
     workers: int = 2  # DataLoader workers decoding shards (streaming only)
@@ -139,6 +141,8 @@ def _train(cfg: TrainConfig, device: str, info: DistInfo) -> Path:
 
 def _check_model(cfg: TrainConfig, model, pretrained: bool, info: DistInfo) -> None:
     """Options that do not fit the model fail before any data is decoded."""
+    if cfg.init_from and (pretrained or Path(cfg.model).is_dir()):
+        raise ValueError(f"--init-from starts a preset from pretrained towers; {cfg.model} is a whole model already")
     if cfg.lora and not pretrained:
         raise ValueError("--lora fine-tunes a pretrained model (hf:, open_clip: or a model directory), "
                          f"not '{cfg.model}'")
@@ -209,6 +213,8 @@ def _build_model(cfg: TrainConfig, texts: Callable[[], Iterable[str]], out: Path
     else:
         model = create_model(cfg.model, texts=texts(), lock_image=cfg.lock_image,
                              lock_text=cfg.lock_text).to(device)
+        if cfg.init_from:  # pretrained towers, fresh projections (train/init_from.py)
+            model, _ = init_towers(model, cfg.init_from)
         if cfg.loss == "siglip" and model.logit_bias is None:
             # SigLIP starts from temperature 10 and bias -10 (Zhai et al.) so that the many
             # negative pairs do not swamp the first steps.
