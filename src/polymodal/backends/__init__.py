@@ -9,7 +9,7 @@ Sources (see `load_model`):
     open_clip:hf-hub:<org>/<repo>        open_clip model on the hub
     <dir>                                a Hugging Face model directory (clip/siglip, clap, or a VLM),
                                          an open_clip directory (open_clip_config.json), an ONNX
-                                         export, a polymodal fine-tune (full or LoRA adapters), or
+                                         or OpenVINO export, a polymodal fine-tune (full or LoRA adapters), or
                                          a polymodal checkpoint (aligned, or generative: a
                                          captioner or chat model, by the kind in config.json),
                                          or a diffusers text-to-image / text-to-video pipeline
@@ -37,8 +37,9 @@ from .base import BACKEND_FILE, PretrainedModel
 from .clap import is_clap, is_clap_dir, load_clap
 from .hf import is_hf_dir, load_hf
 from .hf_vlm import is_hf_vlm, load_hf_vlm
-from .onnx import ONNX_FILE, load_onnx
+from .onnx import ONNX_FILE
 from .open_clip import is_open_clip_dir, load_open_clip
+from .openvino import load_export
 
 PREFIXES = ("hf:", "open_clip:")
 
@@ -77,7 +78,7 @@ def load_model(source: str | Path, device: str = "cpu", trainable_adapters: bool
         model.model_id = f"{model.model_id}+lora:{path.resolve()}"
         return model.to(device)
     if (path / ONNX_FILE).is_file():
-        return load_onnx(path).to(device)
+        return load_export(path).to(device)  # the engine fastest on this CPU
     if is_text_to_video_pipeline(path):
         return load_text_to_video(path, device)
     if is_diffusers_pipeline(path):

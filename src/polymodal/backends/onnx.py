@@ -5,14 +5,16 @@ An export directory holds `image.onnx` (uint8 pixels (B, 3, S, S) -> (B, E) unit
 mean/std normalisation is inside the graph), `text.onnx` (int64 ids (B, L) -> (B, E)), both with a
 dynamic batch axis, the tokenizer, and `polymodal_onnx.json` with the preprocessing (image size,
 mean/std, resize mode, interpolation), the tokenizer settings and the similarity scale. With int8,
-`image.int8.onnx` / `text.int8.onnx` hold dynamically quantised copies (int8 weights, 7-bit without VNNI; activations
-quantised per batch at run time) that `OnnxModel` uses unless told otherwise.
+`image.int8.onnx` / `text.int8.onnx` hold quantised copies (int8 weights, 7-bit without VNNI) that `OnnxModel` uses
+unless told otherwise: dynamic (activations quantised per batch at run time) or, given calibration inputs, static
+(QDQ: activation ranges fixed from the calibration data). `openvino.py` adds OpenVINO graphs to the same directory.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from ..errors import ExportError
 from ..models.interface import EncoderInterface
 from ..utils import atomic_path, write_json
 from .base import BackendConfig, ImageSpec
+from .cpu import has_vnni
 
 ONNX_FILE = "polymodal_onnx.json"
 OPSET = 18
@@ -56,8 +59,30 @@ def image_spec_of(model) -> ImageSpec:
                      resize="shortest", interpolation="bicubic", crop_offset="floor", long_side="round")
 
 
-def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> Path:
-    """Write the two encoders, the tokenizer and the metadata to `out` (replaced whole, atomically)."""
+@dataclass
+class Calibration:
+    """Inputs that fix the activation ranges of static int8 graphs (see `calibration.py`)."""
+
+    pixels: np.ndarray  # (N, 3, S, S) uint8
+    ids: np.ndarray  # (M, L) int64, padded to the text graph's length
+
+    def batches(self, name: str, size: int = 8) -> list[np.ndarray]:
+        data = self.pixels if name == "image" else self.ids
+        return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def calibration_for(model, images, texts: list[str]) -> Calibration:
+    """The model's own preprocessing of calibration images and captions."""
+    pixels = np.stack([model.config.image.pixels(img) for img in images])
+    ids = _pad_to(model.tokenizer(texts), model.tokenizer.context_length, _pad_id(model.tokenizer))
+    return Calibration(pixels=pixels, ids=ids.numpy().astype(np.int64))
+
+
+def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2, calibration: Calibration | None = None,
+                extra: Callable[[Path, dict], None] | None = None) -> Path:
+    """Write the two encoders, the tokenizer and the metadata to `out` (replaced whole, atomically).
+    int8 graphs are statically quantised when `calibration` is given, else dynamically. `extra(dir,
+    meta)` adds files (other engines' graphs) to the staging directory before it is renamed."""
     out = Path(out)
     if out.exists() and not (out / ONNX_FILE).is_file() and any(out.iterdir()):
         raise ExportError(f"{out}: exists and is not an ONNX export; choose an empty or new directory")
@@ -84,8 +109,15 @@ def export_onnx(model, out: str | Path, int8: bool = False, batch: int = 2) -> P
                 "logit_bias": None if bias is None else float(bias.detach()), "int8": int8, "opset": OPSET,
                 "text_length": int(ids.shape[1]), "text_pad_id": pad_id}
         if int8:
+            meta["int8_mode"] = "static" if calibration is not None else "dynamic"
             for name in ("image", "text"):
-                quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+                if calibration is None:
+                    quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+                else:
+                    quantize_static_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx",
+                                         calibration.batches(name), "pixels" if name == "image" else "ids")
+        if extra is not None:
+            extra(tmp, meta)
         write_json(tmp / ONNX_FILE, meta)
     return out
 
@@ -133,13 +165,30 @@ def quantize_int8(src: Path, dst: Path) -> None:
                      reduce_range=not has_vnni(), op_types_to_quantize=["MatMul", "Gemm"])
 
 
-def has_vnni() -> bool:
-    """8-bit dot products without saturation (AVX512-VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+def quantize_static_int8(src: Path, dst: Path, batches: list[np.ndarray], input_name: str) -> None:
+    """Static int8 (QDQ format) of the matrix products: activation ranges from the calibration
+    batches (min-max), signed 8-bit weights per output channel, 7-bit without VNNI as above.
+    Measured on ViT-B/32 (benchmarks/int8.py): QOperator runs at the same speed as QDQ, and
+    quantising every op type instead of MatMul/Gemm lowers the cosine without a gain."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{input_name: b} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # Shape inference and constant folding first, as ONNX Runtime's quantisation guide asks.
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=not has_vnni(), activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 def _save_tokenizer(model, directory: Path) -> dict:
@@ -195,11 +244,12 @@ def session_options(threads: int | None = None):
 
 class OnnxModel(EncoderInterface):
     """An ONNX export run through ONNX Runtime, with the common interface (encode_image,
-    encode_text, preprocess, similarity, embed_dim, model_id)."""
+    encode_text, preprocess, similarity, embed_dim, model_id). Another engine subclasses it and
+    overrides `engine`, `exported_int8` and `_open_sessions`."""
+
+    engine = "onnx"
 
     def __init__(self, directory: Path, int8: bool | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
         self.directory = Path(directory)
         try:
             meta = json.loads((self.directory / ONNX_FILE).read_text())
@@ -207,19 +257,27 @@ class OnnxModel(EncoderInterface):
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ExportError(f"{self.directory / ONNX_FILE}: not a valid ONNX export description ({err})") from None
         self.meta = meta
-        self.int8 = meta.get("int8", False) if int8 is None else int8
-        if self.int8 and not meta.get("int8"):
-            raise ExportError(f"{self.directory}: exported without int8 (export again with --int8)")
-        suffix = ".int8.onnx" if self.int8 else ".onnx"
+        self.int8 = self.exported_int8(meta) if int8 is None else int8
+        if self.int8 and not self.exported_int8(meta):
+            raise ExportError(f"{self.directory}: exported without int8 for {self.engine} (export again with --int8)")
         self.config = BackendConfig(embed_dim=meta["embed_dim"], image=image, init_logit_bias=meta.get("logit_bias"))
         self.tokenizer = _load_tokenizer(self.directory / "tokenizer", meta["tokenizer"])
-        self.model_id = f"onnx{'-int8' if self.int8 else ''}:{self.directory.resolve()}"
+        self.model_id = f"{self.engine}{'-int8' if self.int8 else ''}:{self.directory.resolve()}"
+        self.image_session, self.text_session = self._open_sessions(threads)
+
+    @staticmethod
+    def exported_int8(meta: dict) -> bool:
+        return bool(meta.get("int8"))
+
+    def _open_sessions(self, threads: int | None):
+        """(image, text) sessions, each with `run(None, {input: array}) -> [array]`."""
+        import onnxruntime as ort
+
+        suffix = ".int8.onnx" if self.int8 else ".onnx"
         opts = session_options(threads)
         try:
-            self.image_session = ort.InferenceSession(str(self.directory / f"image{suffix}"), opts,
-                                                      providers=["CPUExecutionProvider"])
-            self.text_session = ort.InferenceSession(str(self.directory / f"text{suffix}"), opts,
-                                                     providers=["CPUExecutionProvider"])
+            return tuple(ort.InferenceSession(str(self.directory / f"{name}{suffix}"), opts,
+                                              providers=["CPUExecutionProvider"]) for name in ("image", "text"))
         except Exception as err:  # onnxruntime raises its own exception types for missing/corrupt files
             raise ExportError(f"{self.directory}: cannot load the ONNX graphs ({str(err).splitlines()[0]})") from None
 
