@@ -12,11 +12,12 @@ from pathlib import Path
 # Tiers, fastest first: the flags /proc/cpuinfo names for each.
 INT8_TIERS = (("amx", ("amx_int8",)), ("vnni", ("avx512_vnni", "avx_vnni")), ("avx2", ("avx2",)))
 
-# The engine that ran the ViT-B/32 image tower fastest per tier (benchmarks/int8.py). "vnni" was
-# measured on an AVX-512 VNNI machine; "amx" inherits it (oneDNN has AMX kernels, MLAS uses them
-# too). "avx2" and "none": OpenVINO's oneDNN keeps 8-bit weights without saturating through
-# NNCF's overflow fix, where ONNX Runtime needs 7-bit weights (see `quantize_int8` in onnx.py).
-FASTEST_ENGINE = {"amx": "openvino", "vnni": "openvino", "avx2": "openvino", "none": "onnx"}
+# The engine that ran the ViT-B/32 image tower fastest per tier (benchmarks/int8.py). "vnni": measured
+# on AVX-512 VNNI (OpenVINO int8 well ahead); "amx" inherits it (oneDNN has AMX kernels). "avx2":
+# ONNX Runtime's dynamic int8 with 7-bit weights measured 1.6x open_clip on an AVX2-only machine
+# (issue 16), while OpenVINO int8 with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) ran slower
+# than its own float32 here. "none": no 8-bit kernels worth having in either.
+FASTEST_ENGINE = {"amx": "openvino", "vnni": "openvino", "avx2": "onnx", "none": "onnx"}
 
 
 def cpu_flags() -> set[str]:

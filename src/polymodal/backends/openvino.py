@@ -1,10 +1,11 @@
 """OpenVINO as a second engine for an export directory, and the choice between engines.
 
-`export_openvino` writes the ONNX export (`onnx.py`: graphs, tokenizer, metadata) and, beside it,
-the same two encoders as OpenVINO IR: `image.xml`/`.bin`, `text.xml`/`.bin` (float32) and, with
-int8, `image.int8.xml` / `text.int8.xml`, statically quantised by NNCF from calibration inputs.
-`OpenVinoModel` runs them behind the interface `OnnxModel` offers; `load_export` picks the engine
-that is fastest on this CPU (`cpu.choose_engine`) among those the directory holds.
+`export_openvino` writes the ONNX export (`onnx.py`: graphs, with int8 also ONNX Runtime's dynamic
+int8 copies, tokenizer, metadata) and, beside it, the same two encoders as OpenVINO IR:
+`image.xml`/`.bin`, `text.xml`/`.bin` (float32) and, with int8, `image.int8.xml`/`text.int8.xml`,
+statically quantised by NNCF from calibration inputs. `OpenVinoModel` runs them behind the
+interface `OnnxModel` offers; `load_export` picks the engine that is fastest on this CPU
+(`cpu.choose_engine`) among those the directory holds.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def export_openvino(model, out: str | Path, int8: bool = False, calibration: Cal
                 ov.save_model(quantized, str(tmp / f"{name}.int8.xml"), compress_to_fp16=False)
         meta["openvino"] = {"version": ov.__version__, "int8": int8, "overflow_fix": _overflow_fix_name()}
 
-    return export_onnx(model, out, int8=False, extra=add_openvino)
+    # ONNX Runtime's dynamic int8 too: the engine is chosen where the export runs (cpu.FASTEST_ENGINE).
+    return export_onnx(model, out, int8=int8, extra=add_openvino)
 
 
 def _overflow_fix_name() -> str:
