@@ -45,7 +45,7 @@ def build_cmd(
                                   "one file, or a dataset."),
     model: str = typer.Option(..., help="Model: a checkpoint directory or anything `polymodal.load` accepts."),
     out: Path = typer.Option(..., help="Index directory (created; rerun the same command to resume)."),
-    kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw or ivfpq."),
+    kind: str = typer.Option("auto", help="auto, flat (exact), sq8, fp16, hnsw, ivf or ivfpq."),
     media: str = typer.Option("auto", help=MEDIA_HELP),
     batch_size: int = typer.Option(64, help="Files a forward pass."),
     shard_size: int = typer.Option(1024, help="Items a shard file (a kill loses at most one unwritten shard)."),
