@@ -19,6 +19,7 @@ shards (truncated tars), unreadable images and samples without a caption are ski
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sys
@@ -39,6 +40,7 @@ from .pairs import Batch
 from .schema import DataError, Record, SkipLog
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TOKENIZER_SAMPLES = 200_000  # samples whose captions build a scratch text tower's tokenizer
 HEAD_RECORDS = 2000  # records read up front to detect the dataset kind (and what hard negatives may name)
 
 
@@ -203,10 +205,13 @@ class _EpochStream(IterableDataset):
         return out
 
 
-def shard_captions(shards: ShardSet) -> Iterator[str]:
-    """Every caption, read from the shards' text members only (to build a tokenizer)."""
+def shard_captions(shards: ShardSet, limit: int = TOKENIZER_SAMPLES) -> Iterator[str]:
+    """The captions of the first `limit` samples, read from the shards' text members only (to
+    build a tokenizer: its vocabulary has long stopped growing by then, and start-up time and
+    memory stay flat however large the collection)."""
     urls = [s.url for s in shards.shards]
-    for sample in _raw_samples(urls, lambda exn: True, select=lambda name: name.endswith((".txt", ".json"))):
+    samples = _raw_samples(urls, lambda exn: True, select=lambda name: name.endswith((".txt", ".json")))
+    for sample in itertools.islice(samples, limit):
         yield from _captions(sample)
 
 

@@ -315,7 +315,8 @@ class ContrastiveSteps:
         rate = self._seen / (time.perf_counter() - self._epoch_start)
         if self.cfg.sample_log and self.info.is_main:
             with open(self.cfg.sample_log, "a") as f:
-                f.write(json.dumps({"step": self.progress.step, "epoch": self.epoch, "ids": self._ids}) + "\n")
+                f.write(json.dumps({"step": self.progress.step, "epoch": self.epoch, "t": time.time(),
+                                    "ids": self._ids}) + "\n")
         if self.progress.step % self.cfg.log_every == 0:
             self.log.log(self.progress.step, {
                 **{f"train/{k}": v for k, v in losses.items()}, "train/lr": self.optimizer.param_groups[0]["lr"],
