@@ -53,6 +53,8 @@ def vqa(
     out: Path = typer.Option(Path("runs/lab-vqa"), help="Where checkpoints, results.* and report.html go."),
     time_budget: float = typer.Option("5m", parser=parse_duration, metavar="DURATION",
                                       help="Training time per model (e.g. 90s, 5m, 30m)."),
+    epochs: int | None = typer.Option(None, min=1, help="Train each model this many epochs instead of "
+                                      "--time-budget: the same model on any machine, however busy."),
     modality_dropout: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Also train each model with this modality dropout and compare."),
     baselines: bool = typer.Option(True, help="Question-only and image-only baselines."),
@@ -80,7 +82,7 @@ def vqa(
 
         console.print(f"{data} does not exist: generating Sort-of-CLEVR there")
         generate(data, SortOfClevrConfig())
-    cfg = LabConfig(data=str(data), out=str(out), models=models, time_budget=time_budget,
+    cfg = LabConfig(data=str(data), out=str(out), models=models, time_budget=time_budget, epochs=epochs,
                     modality_dropout=modality_dropout, baselines=baselines, batch_images=batch_images, lr=lr,
                     seed=seed, device=device)
     run_lab(cfg)

@@ -34,6 +34,7 @@ class LabConfig:
     out: str = "runs/lab-vqa"
     models: list[str] = field(default_factory=lambda: ["rn"])
     time_budget: float = 300.0  # seconds of training per model
+    epochs: int | None = None  # train this many epochs instead (the same model on any machine, however busy)
     modality_dropout: float = 0.0  # also train each model with this modality dropout (0: don't)
     batch_images: int = 8
     lr: float = 1e-3
@@ -111,10 +112,12 @@ def run_lab(cfg: LabConfig) -> dict:
         # The image-only baseline answers every question about an image alike: it learns what it
         # can within a few minutes, so it gets at most IMAGE_ONLY_BUDGET seconds.
         budget = min(cfg.time_budget, IMAGE_ONLY_BUDGET) if name == "image-only" else cfg.time_budget
-        console.print(f"[bold]training {key}[/] for {budget:.0f}s")
+        by_epochs = cfg.epochs is not None and name != "image-only"
+        console.print(f"[bold]training {key}[/] for " + (f"{cfg.epochs} epochs" if by_epochs else f"{budget:.0f}s"))
         torch.manual_seed(cfg.seed)
         model = create_vqa_model(fusion, vocab, answers)  # the same seed: the same initial encoders
-        tcfg = VQATrainConfig(out=str(out / key), time_budget=budget, epochs=10_000,
+        tcfg = VQATrainConfig(out=str(out / key), time_budget=None if by_epochs else budget,
+                              epochs=cfg.epochs if by_epochs else 10_000,
                               batch_images=cfg.batch_images, lr=cfg.lr, image_dropout=dropout,
                               question_dropout=1.0 if name == "image-only" else dropout,
                               eval_every=cfg.eval_every, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
