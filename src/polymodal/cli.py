@@ -196,6 +196,11 @@ def train_cmd(
     lora_rank: int = typer.Option(8, min=1, help="Rank of the LoRA adapters."),
     lock_image: bool = typer.Option(False, "--lock-image", help="Freeze the image tower (LiT)."),
     lock_text: bool = typer.Option(False, "--lock-text", help="Freeze the text tower."),
+    ray_workers: int = typer.Option(0, min=0, help="Train on Ray: this many TorchTrainer workers (DDP ranks) on "
+                                    "the cluster in RAY_ADDRESS, or on a Ray started here (0: no Ray)."),
+    ray_cpus_per_worker: int = typer.Option(1, min=1, help="CPUs Ray reserves for each worker (--ray-workers)."),
+    ray_storage: str | None = typer.Option(None, help="Where Ray keeps the run and its copy of the checkpoint "
+                                           "(default ~/ray_results; on several machines a shared path or s3://)."),
     init_from: list[str] | None = typer.Option(None, "--init-from", metavar="DIR", help=(
         "Start the towers of the --model preset from a checkpoint of `polymodal pretrain` (the tower it "
         "pretrained) or of `polymodal train` (both); repeat for one per tower.")),
@@ -219,7 +224,14 @@ def train_cmd(
                       lock_text=lock_text, workers=workers, save_every=save_every,
                       sample_log=str(sample_log) if sample_log else None)
     cfg.init_from = list(init_from or [])
-    path = train(cfg)
+    if ray_workers:
+        from .train.ray_train import train_on_ray
+
+        run = train_on_ray(cfg, ray_workers, ray_cpus_per_worker, ray_storage)
+        console.print(f"trained by {run.world_size} Ray workers; Ray's copy of the checkpoint: {run.ray_checkpoint}")
+        path = run.out
+    else:
+        path = train(cfg)
     console.print(f"checkpoint: {path}" + (f" (towers from {', '.join(cfg.init_from)})" if cfg.init_from else ""))
 
 

@@ -56,6 +56,11 @@ def share_resume_state(state: dict | None, info: DistInfo) -> dict | None:
     dist.all_gather_object(seen, mine)
     if all(s == seen[0] for s in seen):
         return state
+    if seen[0] is None:  # rank 0's weights are what DDP hands to every rank: it must hold the checkpoint
+        others = [r for r, s in enumerate(seen) if s is not None]
+        raise RuntimeError(f"rank 0 found no training state to resume in --out, but rank {others[0]} did (step "
+                           f"{seen[others[0]][0]}): a restart moved rank 0 to another host; put --out on storage "
+                           "that every host shares")
     box = [state]
     dist.broadcast_object_list(box, src=0)
     return box[0]
