@@ -81,10 +81,11 @@ def cca_parity(n: int = 5000, dx: int = 40, dy: int = 30, dim: int = 10, seed: i
 
 def two_view_nonlinear(n: int, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Views that share 4 latent signals, one through a non-linear map."""
+    mix_x, mix_y = np.random.default_rng(99).standard_normal((2, 4, d))  # the same maps for every sample
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, 4))
-    X = np.tanh(z @ rng.standard_normal((4, d))) + 0.3 * rng.standard_normal((n, d))
-    Y = (z**2) @ rng.standard_normal((4, d)) + 0.3 * rng.standard_normal((n, d))
+    X = np.tanh(z @ mix_x) + 0.3 * rng.standard_normal((n, d))
+    Y = (z**2) @ mix_y + 0.3 * rng.standard_normal((n, d))
     return X, Y
 
 

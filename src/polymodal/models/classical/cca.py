@@ -33,8 +33,15 @@ def canonical_correlations(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
     return (zx * zy).sum(0) / np.maximum(norms, 1e-12)
 
 
+def floating(V) -> np.ndarray:
+    """float32 stays float32 (half the time of the large products: kernel CCA's features); the
+    rest becomes float64."""
+    V = np.asarray(V)
+    return V if V.dtype == np.float32 else V.astype(np.float64)
+
+
 def as_views(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    X, Y = floating(X), floating(Y)
     if X.ndim != 2 or Y.ndim != 2:
         raise ValueError(f"CCA takes two 2-D views (samples, features), got shapes {X.shape} and {Y.shape}")
     if len(X) != len(Y):
@@ -59,7 +66,7 @@ class Standardizer:
         return self
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean) / self.scale
+        return ((X - self.mean) / self.scale).astype(X.dtype, copy=False)
 
 
 class CCAEstimator:
@@ -79,8 +86,8 @@ class CCAEstimator:
 
     def transform(self, X=None, Y=None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Either view, or both -> their (N, dim) canonical variates (None for a view not given)."""
-        return (None if X is None else self.transform_x(np.asarray(X, np.float64)),
-                None if Y is None else self.transform_y(np.asarray(Y, np.float64)))
+        return (None if X is None else self.transform_x(floating(X)),
+                None if Y is None else self.transform_y(floating(Y)))
 
     def fit_transform(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
         return self.fit(X, Y).transform(X, Y)
@@ -210,8 +217,10 @@ class NystroemRBF:
     def __call__(self, X: np.ndarray) -> np.ndarray:
         from sklearn.metrics.pairwise import rbf_kernel
 
-        # Nystroem.transform on the saved state (loading keeps arrays, not a pickled estimator).
-        return rbf_kernel(self.scaler(X), self.components, gamma=self.gamma) @ self.normalization.T  # (N, m)
+        # Nystroem.transform on the saved state (loading keeps arrays, not a pickled estimator),
+        # in float32: the (N, m) x (m, m) product is most of a kernel CCA's fit.
+        kernel = rbf_kernel(self.scaler(X), self.components, gamma=self.gamma).astype(np.float32)  # (N, m)
+        return kernel @ self.normalization.T.astype(np.float32)  # (N, m)
 
 
 def median_gamma(X: np.ndarray, seed: int = 0, sample: int = 1000) -> float:
