@@ -110,3 +110,20 @@ def test_evaluator_scores_an_untrained_model_near_chance(shapes_dir):
     model = create_model("shapes-cnn-tiny", texts=[t for r in pairs.records for t in r.text])
     scores = Evaluator(model, pairs)(0, get_parameters(model))
     assert scores["t2i_R@1"] < 0.08 and 0 <= scores["zeroshot_shape"] <= 1
+
+
+def test_cli_runs_a_mixed_federation_against_centralised(shapes_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    out = tmp_path / "fed.json"
+    res = CliRunner().invoke(app, ["federated", str(shapes_dir), "--clients", "3", "--rounds", "1", "--local-steps",
+                                   "2", "--batch-size", "16", "--train-limit", "120", "--test-limit", "40",
+                                   "--modalities", "pairs,image,text", "--strategy", "fedprox", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert [c["mode"] for c in got["clients"]] == ["pairs", "image", "text"]
+    assert {"federated", "centralised", "ratio_t2i_R@1"} <= set(got)

@@ -86,3 +86,19 @@ def test_shapes_colour_at_one_shot_from_a_trained_model(shapes_dir, tmp_path):
     assert res["zero_shot"] > 0.25
     for name, curve in res["methods"].items():
         assert curve[1]["mean"] > 0.25, name
+
+
+def test_cli_writes_the_digits_curves(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    out = tmp_path / "curves.json"
+    res = CliRunner().invoke(app, ["fewshot", "digits", "--shots", "1,4", "--seeds", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    curve = json.loads(out.read_text())["curves"][0]["methods"]["linear_probe"]
+    assert curve["4"]["mean"] > curve["1"]["mean"] > 0.3
+    bad = CliRunner().invoke(app, ["fewshot", "digits", "--shots", "0"])
+    assert bad.exit_code != 0 and ">= 1" in bad.output
