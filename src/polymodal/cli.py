@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cli_options import parse_duration
@@ -354,7 +355,7 @@ def main() -> None:
     except (PolymodalError, FileNotFoundError, ValueError, RuntimeError) as err:
         if os.environ.get("POLYMODAL_DEBUG", "").lower() in ("1", "true", "yes", "on"):
             traceback.print_exc()
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
