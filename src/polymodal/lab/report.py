@@ -1,5 +1,6 @@
-"""report.html of the VQA lab: the tables of results.md, accuracy curves, a bar chart beside the
-paper's numbers, and attention maps; one self-contained file (figures embedded as PNG)."""
+"""The labs' report.html: the tables of results.md and figures in one self-contained file (figures
+embedded as PNG). The VQA lab's: accuracy curves, a bar chart beside the paper's numbers, and
+attention maps."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..utils import atomic_path
 
 
 def _md_table_to_html(md: str) -> str:
-    """results.md holds paragraphs and pipe tables; render both (no Markdown library needed)."""
+    """results.md holds headings, paragraphs and pipe tables; render them (no Markdown library needed)."""
     parts, table = [], []
 
     def flush():
@@ -29,7 +30,10 @@ def _md_table_to_html(md: str) -> str:
             table.append(line)
         else:
             flush()
-            if line.strip():
+            heading = len(line) - len(line.lstrip("#"))
+            if heading:
+                parts.append(f"<h{heading + 1}>{html.escape(line[heading:].strip())}</h{heading + 1}>")
+            elif line.strip():
                 parts.append(f"<p>{html.escape(line)}</p>")
     flush()
     return "\n".join(parts)
@@ -89,23 +93,29 @@ def write_vqa_report(results: dict, markdown: str, path: Path) -> Path:
     out = path.parent
     figures = [("Accuracy during training", png_b64(curves_figure(results))),
                ("Test accuracy by model", png_b64(bars_figure(results)))]
-    body = [f"<h1>VQA fusion lab</h1><p class='note'>data: {html.escape(results['data'])}</p>",
-            _md_table_to_html(markdown)]
-    for title, png in figures:
-        body.append(f"<h2>{title}</h2><img src='data:image/png;base64,{png}' style='max-width:100%'>")
+    extra = []
     if results.get("attention_examples"):
-        body.append("<h2>Where the question looks (cross-attention: each hop's weights over the regions)</h2>"
-                    "<div class='grid'>")
+        extra.append("<h2>Where the question looks (cross-attention: each hop's weights over the regions)</h2>"
+                     "<div class='grid'>")
         for ex in results["attention_examples"]:
             data = base64.b64encode((out / ex["image"]).read_bytes()).decode()
-            body.append(f"<figure><img src='data:image/png;base64,{data}' style='width:420px'></figure>")
-        body.append("</div>")
-    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>VQA fusion lab</title><style>"
+            extra.append(f"<figure><img src='data:image/png;base64,{data}' style='width:420px'></figure>")
+        extra.append("</div>")
+    return write_lab_page(path, "VQA fusion lab", f"data: {results['data']}", markdown, figures, "\n".join(extra))
+
+
+def write_lab_page(path: Path, title: str, note: str, markdown: str, figures: list[tuple[str, str]],
+                   extra_html: str = "") -> Path:
+    """One self-contained HTML page: a lab's results.md, then its figures (titles, base64 PNGs)."""
+    body = [f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(note)}</p>", _md_table_to_html(markdown)]
+    for caption, png in figures:
+        body.append(f"<h2>{html.escape(caption)}</h2><img src='data:image/png;base64,{png}' style='max-width:100%'>")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}"
             "table{border-collapse:collapse;margin:1rem 0}"
             "td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
             "td:first-child,th:first-child{text-align:left}.note{color:#666}.grid{display:flex;flex-wrap:wrap;gap:.5rem}"
-            "</style></head><body>" + "\n".join(body) + "</body></html>")
+            "</style></head><body>" + "\n".join(body) + extra_html + "</body></html>")
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
