@@ -165,7 +165,13 @@ class _EpochStream(IterableDataset):
         samples = self.pairs._samples(urls, lambda where, why: skipped.append((where, why)))
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
         buffer = self.pairs.shuffle_buffer
-        shuffled = wds.shuffle(buffer, initial=buffer, rng=rng)(samples) if buffer > 1 else samples
+        # The buffer starts yielding once it holds two batches (it keeps filling up to `buffer`), so
+        # an epoch starts without reading a thousand samples first.
+        shuffled = wds.shuffle(buffer, initial=min(buffer, 2 * self.local_batch), rng=rng)(samples) \
+            if buffer > 1 else samples
+        # One sampler for the worker: it reads the records from this list, the head and then the batch.
+        self._records = list(self.pairs.head)
+        self._sampler = self.pairs.kind.negative_sampler(self._records) if self.hard_negatives else None
         for number, group in enumerate(_groups(shuffled, self.local_batch, self.drop_last)):
             if number < self.consumed[worker]:
                 continue  # consumed before the resume: skipped without decoding
@@ -192,15 +198,13 @@ class _EpochStream(IterableDataset):
         return Batch(images, captions, self._negatives(kept, rng), [r.id for r in kept])
 
     def _negatives(self, records: list[Record], rng: random.Random) -> list[str] | None:
-        if not self.hard_negatives or not records:
+        if self._sampler is None or not records:
             return None
-        head = self.pairs.head
-        sampler = self.pairs.kind.negative_sampler(head + records)
-        if sampler is None:
-            return None
+        first = len(self.pairs.head)
+        self._records[first:] = records
         out = []
         for i in range(len(records)):
-            found = sampler(len(head) + i, self.hard_negatives, rng)
+            found = self._sampler(first + i, self.hard_negatives, rng)
             out += found + [rng.choice(rng.choice(records).text) for _ in range(self.hard_negatives - len(found))]
         return out
 
@@ -223,14 +227,14 @@ def _raw_samples(urls: list[str], handler, select=None) -> Iterator[dict]:
 def _usable(raw: dict, skip: Callable[[str, str], None]) -> _Sample | None:
     where = f"{raw.get('__url__')}:{raw.get('__key__')}"
     image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-    captions = _captions(raw)
+    meta = _meta(raw)
+    captions = _captions(raw, meta)
     if image_key is None:
         skip(where, "no image in the sample")
         return None
     if not captions:
         skip(where, "missing caption")
         return None
-    meta = _meta(raw)
     record = Record(id=str(meta.get("id", meta.get("key", raw["__key__"]))), text=captions,
                     attributes=meta.get("attributes") or {}, labels=meta.get("labels"))
     return _Sample(where, raw[image_key], record)
@@ -244,9 +248,9 @@ def _meta(raw: dict) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _captions(raw: dict) -> list[str]:
+def _captions(raw: dict, meta: dict | None = None) -> list[str]:
     """polymodal's JSON `text` (every caption), else img2dataset's `caption`, else the .txt member."""
-    meta = _meta(raw)
+    meta = _meta(raw) if meta is None else meta
     text = meta.get("text") or meta.get("caption")
     if text is None and "txt" in raw:
         text = raw["txt"].decode("utf-8", errors="replace")

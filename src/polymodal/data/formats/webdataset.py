@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def write_shards(data: RecordSet, out: Path, shard_size: int = 10000, progress: 
 
 
 def _write_shard(data: RecordSet, records: list[Record], path: Path, first_key: int) -> int:
-    with atomic_path(path) as tmp, tmp.open("wb") as f, wds.TarWriter(f, encoder=False) as sink:
+    # A whole-second mtime: webdataset's default (a float) costs every member a PAX header, which
+    # doubles the headers the reader parses.
+    with atomic_path(path) as tmp, tmp.open("wb") as f, wds.TarWriter(f, encoder=False, mtime=int(time.time())) as sink:
         for i, rec in enumerate(records):
             ext, image = _image_bytes(data.path(rec.image))
             sink.write({"__key__": f"{first_key + i:09d}", ext: image,
