@@ -144,3 +144,22 @@ def test_cli_fits_a_cca_and_refuses_bad_options(shapes_dir, tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "unknown image features 'sift'" in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_frozen_tower_features_are_the_models_own_embeddings(shapes_dir, tmp_path, monkeypatch):
+    from polymodal.models.checkpoint import save_checkpoint
+    from polymodal.models.classical.features import ImageFeatures, TextFeatures
+    from polymodal.models.factory import create_model
+
+    data = polymodal.load_dataset(shapes_dir).split("test")
+    model = create_model("shapes-cnn-tiny", [t for r in data.records for t in r.text])
+    save_checkpoint(model, tmp_path / "tower")
+    monkeypatch.chdir(tmp_path)  # a relative path is stored resolved
+    images = model.preprocess([shapes_dir / r.image for r in data.records[:8]])  # (8, 3, S, S)
+    texts = [r.text[0] for r in data.records[:8]]
+    after = ImageFeatures("tower:tower")
+    assert after.spec == f"tower:{tmp_path / 'tower'}"
+    np.testing.assert_allclose(after(images), model.encode_image(images).numpy(), atol=1e-5)
+    np.testing.assert_allclose(TextFeatures("tower:tower")(texts), model.encode_text(texts).numpy(), atol=1e-5)
+    before = ImageFeatures("tower-pooled:tower+color")(images)
+    assert before.shape == (8, model.image_tower.output_dim + 64)

@@ -36,7 +36,9 @@ def _parts(spec: str, known: tuple[str, ...], side: str) -> list[str]:
                              "tower-pooled:DIR; join several with '+')")
         if p.startswith(TOWER_PREFIXES) and not Path(p.split(":", 1)[1]).is_dir():
             raise ValueError(f"{p.split(':', 1)[1]}: no such polymodal model directory (for {side} features '{p}')")
-    return parts
+    # A tower by its absolute path, so that the saved CCA model loads from any directory.
+    return [f"{p.split(':', 1)[0]}:{Path(p.split(':', 1)[1]).resolve()}" if p.startswith(TOWER_PREFIXES) else p
+            for p in parts]
 
 
 class FrozenTower:
@@ -72,8 +74,8 @@ class ImageFeatures:
     """(B, 3, S, S) uint8 images -> (B, D) float32 features, the parts of `spec` side by side."""
 
     def __init__(self, spec: str = "hog", pixel_size: int = 16, color_bins: int = 4):
-        self.spec, self.pixel_size, self.color_bins = spec, pixel_size, color_bins
         self.parts = _parts(spec, IMAGE_FEATURES, "image")
+        self.spec, self.pixel_size, self.color_bins = "+".join(self.parts), pixel_size, color_bins
         self.towers = {p: FrozenTower(p) for p in self.parts if p.startswith(TOWER_PREFIXES)}
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -126,8 +128,8 @@ class TextFeatures:
     """Captions -> (B, D) float32 features. TF-IDF learns its vocabulary in `fit`; the others are fixed."""
 
     def __init__(self, spec: str = "tfidf", max_features: int = 2000):
-        self.spec, self.max_features = spec, max_features
         self.parts = _parts(spec, TEXT_FEATURES, "text")
+        self.spec, self.max_features = "+".join(self.parts), max_features
         self.towers = {p: FrozenTower(p) for p in self.parts if p.startswith(TOWER_PREFIXES)}
         self.tfidf = None
 
