@@ -1,5 +1,6 @@
 """Streaming training data from WebDataset shards: conversion, sharding, resume, bad shards, training."""
 
+import io
 import json
 import tarfile
 from collections import Counter
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from PIL import Image
 from typer.testing import CliRunner
 
 import polymodal
@@ -82,6 +84,30 @@ def test_resumed_stream_equals_an_uninterrupted_one(shards):
         head = [next(epoch) for _ in range(stop)]
         rest = [b.ids for b in stream.batches(32, seed=5, epoch=2, position=head[-1].position)]
         assert [b.ids for b in head] + rest == full
+
+
+def test_img2dataset_output_directory_is_streamed(shards, tmp_path):
+    """img2dataset writes NNNNN.tar with {key}.jpg/.txt/.json (json: caption, url, status...) and
+    NNNNN_stats.json and NNNNN.parquet beside each; the counts come from the stats files."""
+    with tarfile.open(shards / "shards" / "train-000000.tar") as f:
+        png = f.extractfile(next(m for m in f if m.name.endswith(".png"))).read()
+    jpg = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(jpg, format="JPEG")
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"{shard:05d}.tar"), encoder=False) as sink:
+            for i in range(5):
+                key = f"{shard:05d}{i:04d}"
+                meta = {"key": key, "caption": f"caption {key}", "status": "success"}
+                sink.write({"__key__": key, "jpg": jpg.getvalue(), "txt": b"ignored when json has one",
+                            "json": json.dumps(meta).encode()})
+        (tmp_path / f"{shard:05d}_stats.json").write_text(json.dumps({"successes": 5, "count": 6}))
+        (tmp_path / f"{shard:05d}.parquet").write_bytes(b"PAR1")  # beside the tars, not read
+    stream = StreamingPairs(str(tmp_path), 64, workers=0)
+    assert len(stream) == 10 and stream.kind.name == "generic"
+    batches = list(stream.batches(4, seed=0, epoch=0, drop_last=False))
+    assert sorted(_ids(batches)) == [f"{s:05d}{i:04d}" for s in range(2) for i in range(5)]
+    assert all(c == f"caption {i}" for b in batches for c, i in zip(b.captions, b.ids, strict=True))
+    assert batches[0].images.shape[1:] == (3, 64, 64)
 
 
 def _bad_shards(tmp_path, good_tar):
