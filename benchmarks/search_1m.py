@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.index.vectors import AUTO_EXACT_LIMIT, BuildOptions, VectorIndex, ivf_flat, resolve_kind
+from polymodal.index.vectors import AUTO_EXACT_LIMIT, DEFAULT_NPROBE, BuildOptions, VectorIndex, ivf_flat, resolve_kind
 from polymodal.utils import atomic_path, progress_bar, write_json
 
 RESULTS = Path(__file__).parent / "results"
@@ -230,7 +230,7 @@ def headline(rows: list[dict], n: int) -> dict:
     """The figures of the approximate kind `--kind auto` builds at N (or above the exact limit when N
     is below it: --quick), searched with its default settings."""
     kind, defaults = resolve_kind("auto", max(n, AUTO_EXACT_LIMIT + 1)), BuildOptions()
-    knob = {"ivf": f"nprobe={defaults.nprobe}", "hnsw": f"ef_search={defaults.ef_search}"}.get(kind)
+    knob = {"ivf": f"nprobe={DEFAULT_NPROBE['ivf']}", "hnsw": f"ef_search={defaults.ef_search}"}.get(kind)
     out: dict = {"auto_kind": kind, "auto_setting": knob}
     for name in ("text", "image"):
         row = next((r for r in rows if r["kind"] == kind and r["setting"] == knob and r["queries"] == name), None)
