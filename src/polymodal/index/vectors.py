@@ -10,9 +10,9 @@ kinds:
 - `hnsw`: a graph (HNSWFlat), for large collections.
 - `ivf`: inverted lists of the float32 vectors under a spherical k-means coarse quantiser (cosine
   centroids): exact scores inside the probed lists, so recall depends only on the lists probed. At
-  1M real ShapesWorld embeddings it held recall@10 >= 0.99 for text and image queries alike at
-  hundreds of times exact search (benchmarks/search_1m.py), and builds in minutes where HNSW takes
-  much longer.
+  1M real ShapesWorld embeddings it held recall@10 1.000 for text and image queries alike at 200x+
+  exact search on one thread (benchmarks/search_1m.py), and built in 98 s where HNSW takes many
+  minutes.
 - `ivfpq`: inverted lists of product-quantised codes, re-ranked with float16 copies, for very large ones.
 
 Row i of the FAISS index holds the item whose id is `ids[i]`; both are saved side by side.
@@ -30,11 +30,12 @@ from ..utils import atomic_path
 
 KINDS = ("auto", "flat", "sq8", "fp16", "hnsw", "ivf", "ivfpq")
 # `auto`, as measured on real embeddings (benchmarks/search_1m.py): exact up to 100k vectors (a few ms
-# a query); above, `ivf` (recall@10 >= 0.99 at hundreds of times exact at 1M, for text and image
-# queries alike; a few minutes to build on one core); past 10M, `ivfpq` (float32 lists would not fit in
-# memory). Whether text-query vectors are at hand does not change the choice: an IVF quantiser
-# trained on image and caption vectors together measured no better for text queries than one trained
-# on images (the "ivf+text" rows of benchmarks/results/scale_ann.json).
+# a query); above, `ivf` (recall@10 1.000 at 200x+ exact at 1M, for text and image queries alike;
+# 98 s to build on one core); past 10M, `ivfpq` (float32 lists would not fit in memory). Whether
+# text-query vectors are at hand does not change the choice: an IVF quantiser trained on image and
+# caption vectors together served text queries worse at few probes (recall@10 0.49 against 0.71 with
+# one list, 0.94 against 0.98 with four, at 1M) and the same from 16 on: its caption centroids hold
+# few images (the "ivf+text" rows of benchmarks/results/scale_ann.json).
 AUTO_EXACT_LIMIT = 100_000
 AUTO_IVF_LIMIT = 10_000_000
 # ivf: 16 of 2 sqrt(N) lists held recall@10 1.000 for text and image queries at 1M, at 200x+ exact.
@@ -230,7 +231,8 @@ def ivf_flat(vectors: np.ndarray, nlist: int | None = None, extra_training: np.n
     """An IndexIVFFlat over inner product whose coarse quantiser is spherical k-means (unit
     centroids, the right ones for cosine) on a sample of 40 vectors a list, 10 iterations: the
     centroids barely move after that, and k-means is most of the build time. `extra_training`
-    (e.g. text-query vectors) joins the k-means sample, which places lists where queries fall."""
+    (e.g. text-query vectors) joins the k-means sample, which places lists where queries fall: the
+    query-aware candidate of benchmarks/search_1m.py, measured worse for text queries at few probes."""
     faiss = _faiss()
     n, d = vectors.shape
     nlist = nlist or default_nlist(n)
