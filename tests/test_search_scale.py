@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from search_helpers import make_collection, make_model
 from typer.testing import CliRunner
 
 from polymodal.cli import app
@@ -99,8 +100,6 @@ def test_auto_builds_ivf_above_the_exact_limit_in_the_persistent_index(embedding
 
 
 def test_cli_builds_and_searches_an_ivf_index(shapes_dir, tmp_path):
-    from search_helpers import make_collection, make_model
-
     model = make_model(tmp_path / "model")
     images = make_collection(tmp_path / "images", shapes_dir, n=40)
     runner = CliRunner()
