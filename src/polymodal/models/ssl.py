@@ -103,7 +103,8 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 class MaskedAutoencoder(nn.Module):
     """MAE over polymodal's `ViTEncoder`: the encoder runs on the kept patches only (its patch
     stem, class token, position embeddings, blocks and norm, reused as they are); a light
-    decoder fills in mask tokens and predicts each masked patch's pixels."""
+    decoder fills in mask tokens and predicts each masked patch's pixels. Written here because
+    the libraries' MAEs (timm, transformers' ViTMAE) bring their own ViT, not the tower to align."""
 
     tower = "image"
 
