@@ -1,4 +1,4 @@
-"""`polymodal data sort-of-clevr` and `polymodal lab vqa [explain]`."""
+"""`polymodal data sort-of-clevr`, `polymodal lab vqa [explain]` and `polymodal lab paradigms`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from rich.console import Console
 from ..cli_options import parse_duration
 
 console = Console()
-lab_app = typer.Typer(no_args_is_help=True, help="Experiments that train, compare and report (VQA fusion).")
+lab_app = typer.Typer(no_args_is_help=True,
+                      help="Experiments that train, compare and report (VQA fusion, learning paradigms).")
 vqa_app = typer.Typer(invoke_without_command=True, help="VQA fusion lab on Sort-of-CLEVR.")
 lab_app.add_typer(vqa_app, name="vqa")
 
@@ -103,3 +104,34 @@ def explain_cmd(
 
     result = explain(load_vqa(checkpoint), image, question, out)
     console.print(f"answer: [bold]{result['answer']}[/] ({result['probability']:.0%}); heat map: {out}")
+
+
+@lab_app.command("paradigms")
+def paradigms_cmd(
+    out: Path = typer.Option(Path("runs/lab-paradigms"), help="Where models, results.* and report.html go."),
+    data: Path | None = typer.Option(None, help="A ShapesWorld dataset (train, test, test_unseen); default: "
+                                     "generated under --out."),
+    budget: float = typer.Option("90s", parser=parse_duration, metavar="DURATION",
+                                 help="Training time of each aligned model, pretraining included (e.g. 90s, 3m)."),
+    section: list[str] | None = typer.Option(None, help="Run only these sections (repeatable): alignment, cca, "
+                                             "federated, fewshot, digits."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: checks every section in a few minutes."),
+    seed: int = typer.Option(0),
+    threads: int | None = typer.Option(None, min=1, help="Torch CPU threads."),
+):
+    """Contrastive, self-supervised + contrastive, the CCA family, federated and few-shot learning
+    on the same ShapesWorld splits (and two-view digits): one table, plots, results.json."""
+    from .paradigms import SECTIONS, ParadigmsConfig, run_paradigms
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if data is not None and not (data / "manifest.jsonl").exists():
+        raise typer.BadParameter(f"{data}: not a dataset directory (no manifest.jsonl)", param_hint="--data")
+    options = {"out": str(out), "data": str(data) if data else None, "budget": budget, "seed": seed,
+               "sections": list(section or SECTIONS)}
+    cfg = ParadigmsConfig.quick(**options) if quick else ParadigmsConfig(**options)
+    results = run_paradigms(cfg)
+    console.print((out / "results.md").read_text())
+    console.print(f"[bold green]{results['lab_minutes']:.1f} minutes; report:[/] {out / 'report.html'}")
