@@ -78,7 +78,7 @@ def federated_figures(data: Path, rounds: int, local_steps: int, extras: bool) -
            "runs": {"fedavg": fedavg["federated"], "centralised": fedavg["centralised"]},
            "clients": fedavg["clients"], "config": fedavg["config"]}
     if extras:
-        variants = {"fedprox": {"strategy": "fedprox"}, "fedavg_iid": {"partition": "iid"},
+        variants = {"fedprox": {"strategy": "fedprox", "mu": 0.1}, "fedavg_iid": {"partition": "iid"},
                     "fedavg_modality_mix": {"modalities": "pairs,image,text"}}
         for name, change in variants.items():
             cfg = FederatedConfig(**{**fedavg["config"], **change, "progress": True})

@@ -11,6 +11,7 @@ from polymodal.paradigms.federated import (
     AlignedClient,
     ClientData,
     FedAvg,
+    FedProx,
     FitResult,
     get_parameters,
     run_simulation,
@@ -43,6 +44,11 @@ def test_fedavg_averages_a_tower_only_over_the_clients_that_trained_it():
     np.testing.assert_allclose(out[0], 2.0)  # both trained the image tower
     np.testing.assert_allclose(out[1], 3.0)  # the image-only client's stale text tower is left out
     assert float(out[2]) == 3.0
+
+
+def test_only_fedprox_asks_for_a_proximal_term():
+    assert FedAvg(["w"]).configure_fit(0, 1)["mu"] == 0.0
+    assert FedProx(["w"], mu=0.5).configure_fit(0, 1)["mu"] == 0.5
 
 
 @pytest.fixture(scope="module")

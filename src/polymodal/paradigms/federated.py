@@ -148,8 +148,10 @@ class FedAvg:
     """McMahan et al. (2017): the global model is the mean of the clients' models weighted by
     their example counts; each state entry is averaged over the clients that trained its tower."""
 
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, mu: float = 0.0):
-        self.names, self.local_steps, self.lr, self.mu = list(names), local_steps, lr, mu
+    mu = 0.0  # no proximal term
+
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3):
+        self.names, self.local_steps, self.lr = list(names), local_steps, lr
 
     def configure_fit(self, server_round: int, rounds: int) -> dict:
         return {"round": server_round, "rounds": rounds, "local_steps": self.local_steps, "lr": self.lr,
@@ -174,7 +176,8 @@ class FedProx(FedAvg):
     keeps each client's drift on its skewed data in check."""
 
     def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, mu: float = 0.01):
-        super().__init__(names, local_steps, lr, mu)
+        super().__init__(names, local_steps, lr)
+        self.mu = mu
 
 
 STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx}

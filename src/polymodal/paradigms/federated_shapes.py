@@ -136,7 +136,8 @@ def run_federated(cfg: FederatedConfig, centralised: bool = True) -> dict:
     names = list(model.state_dict())
     out = {"config": asdict(cfg), "clients": [{"mode": m, "items": len(s), "classes": int(len(set(labels[s])))}
                                               for m, s in zip(modes, shares)]}
-    strategy = STRATEGIES[cfg.strategy](names, cfg.local_steps, cfg.lr, cfg.mu)
+    options = {"mu": cfg.mu} if cfg.strategy == "fedprox" else {}
+    strategy = STRATEGIES[cfg.strategy](names, cfg.local_steps, cfg.lr, **options)
     out["federated"] = _timed(lambda: run_simulation(lambda cid: clients[int(cid)], cfg.clients, initial, strategy,
                                                      cfg.rounds, evaluate, cfg.progress))
     if centralised:
