@@ -10,9 +10,8 @@ kinds:
 - `hnsw`: a graph (HNSWFlat), for large collections.
 - `ivf`: inverted lists of the float32 vectors under a spherical k-means coarse quantiser (cosine
   centroids): exact scores inside the probed lists, so recall depends only on the lists probed. At
-  1M real ShapesWorld embeddings it held recall@10 1.000 for text and image queries alike at 200x+
-  exact search on one thread (benchmarks/search_1m.py), and built in 98 s where HNSW takes many
-  minutes.
+  1M real ShapesWorld embeddings it held recall@10 0.9995 for text and image queries alike at 200x+
+  exact search on one thread (benchmarks/search_1m.py), and built in 98 s where HNSW took 412 s.
 - `ivfpq`: inverted lists of product-quantised codes, re-ranked with float16 copies, for very large ones.
 
 Row i of the FAISS index holds the item whose id is `ids[i]`; both are saved side by side.
@@ -30,15 +29,16 @@ from ..utils import atomic_path
 
 KINDS = ("auto", "flat", "sq8", "fp16", "hnsw", "ivf", "ivfpq")
 # `auto`, as measured on real embeddings (benchmarks/search_1m.py): exact up to 100k vectors (a few ms
-# a query); above, `ivf` (recall@10 1.000 at 200x+ exact at 1M, for text and image queries alike;
-# 98 s to build on one core); past 10M, `ivfpq` (float32 lists would not fit in memory). Whether
-# text-query vectors are at hand does not change the choice: an IVF quantiser trained on image and
-# caption vectors together served text queries worse at few probes (recall@10 0.49 against 0.71 with
-# one list, 0.94 against 0.98 with four, at 1M) and the same from 16 on: its caption centroids hold
-# few images (the "ivf+text" rows of benchmarks/results/scale_ann.json).
+# a query); above, `ivf` (recall@10 0.9995 at 200x+ exact at 1M, for text and image queries alike;
+# 98 s to build on one core: HNSW answers 2-3x faster at equal recall but took 412 s, and the store
+# rebuilds its FAISS index after every add or remove); past 10M, `ivfpq` (float32 lists would not fit
+# in memory). Whether text-query vectors are at hand does not change the choice: an IVF quantiser
+# trained on image and caption vectors together served text queries worse at few probes (recall@10
+# 0.49 against 0.71 with one list, 0.94 against 0.98 with four, at 1M) and the same from 16 on: its
+# caption centroids hold few images (the "ivf+text" rows of benchmarks/results/scale_ann.json).
 AUTO_EXACT_LIMIT = 100_000
 AUTO_IVF_LIMIT = 10_000_000
-# ivf: 16 of 2 sqrt(N) lists held recall@10 1.000 for text and image queries at 1M, at 200x+ exact.
+# ivf: 16 of 2 sqrt(N) lists held recall@10 0.9995 for text and image queries at 1M, at 200x+ exact.
 DEFAULT_NPROBE = {"ivf": 16, "ivfpq": 32}
 
 
