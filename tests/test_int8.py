@@ -62,7 +62,7 @@ def test_openvino_export_matches_pytorch_and_is_chosen(tiny, tmp_path):
     source, model = tiny
     calib = tmp_path / "calib"
     calib.mkdir()
-    for i, img in enumerate(calibration_images(16, seed=1)[0]):
+    for i, img in enumerate(calibration_images(8, seed=1)[0]):
         img.save(calib / f"{i:02d}.png")
     (calib / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "ov"

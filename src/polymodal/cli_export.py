@@ -57,8 +57,7 @@ def export_openvino_cmd(
     calib_count: int = typer.Option(64, "--calib-count", min=1, help="Calibration images (and captions)."),
     check: bool = typer.Option(True, help="Reload the export and compare it with the PyTorch model."),
 ):
-    """Export to OpenVINO IR (float32, and int8 with --int8) beside ONNX; `polymodal.load(OUT)` runs
-    whichever engine is fastest on the CPU it runs on."""
+    """Export to OpenVINO IR (int8 with --int8) beside ONNX; loading picks the faster engine per CPU."""
     from .backends import load_model
     from .backends.openvino import export_openvino
 
