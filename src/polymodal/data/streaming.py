@@ -19,9 +19,12 @@ shards (truncated tars), unreadable images and samples without a caption are ski
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import json
 import random
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -41,6 +44,7 @@ from .schema import DataError, Record, SkipLog
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TOKENIZER_SAMPLES = 200_000  # samples whose captions build a scratch text tower's tokenizer
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HEAD_RECORDS = 2000  # records read up front to detect the dataset kind (and what hard negatives may name)
 
 
@@ -102,7 +106,7 @@ class StreamingPairs:
             consumed = list(position["consumed"])
         stream = _EpochStream(self, batch_size // world_size, seed, epoch, rank, world_size, hard_negatives,
                               drop_last, consumed)
-        loader = DataLoader(stream, batch_size=None, num_workers=self.workers)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.workers, worker_init_fn=_die_with_parent)
         ordered = self._in_stream_order(loader, workers, consumed)
         synced = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
         return _until_any_rank_ends(ordered) if synced else ordered
@@ -286,6 +290,14 @@ def _shard_named(exn: Exception, urls: list[str]) -> str:
 def _reason(exn: Exception) -> str:
     first = str(exn.args[0]) if getattr(exn, "args", None) else type(exn).__name__
     return f"unreadable shard ({type(exn).__name__}: {first.split(' @ ')[0]})"
+
+
+def _die_with_parent(worker_id: int) -> None:
+    """A worker whose trainer is killed (SIGKILL, out of memory) can hang on its full queue for
+    ever; on Linux the kernel ends it with its parent (prctl PR_SET_PDEATHSIG; no library does this)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _until_any_rank_ends(batches: Iterator[Batch]) -> Iterator[Batch]:
