@@ -25,6 +25,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from ..data.pairs import ImageTextPairs
+from ..data.schema import DataError
+from ..data.synthetic.shapes import ATTRIBUTE_VALUES, object_prompts
+from ..evaluate.zeroshot import class_embeddings
+
 SHOTS = (1, 2, 4, 8, 16)
 # Zero-shot logits are cosines x 100 (CLIP's scale). Tip-Adapter's own grid (alpha up to ~10)
 # suits CLIP, whose class cosines differ by a few hundredths; a small model trained on one world
@@ -167,8 +172,6 @@ def learning_curve(task: EmbeddedTask, shots: Sequence[int] = SHOTS, seeds: Sequ
 def attribute_text_classifier(model, attribute: str) -> tuple[list[str], torch.Tensor]:
     """(values, (K, E)): CLIP's prompt ensemble for one ShapesWorld attribute, the mean of every
     one-object description with that value ("red" = "a small red circle", "a big red star", ...)."""
-    from ..data.synthetic.shapes import ATTRIBUTE_VALUES, object_prompts
-    from ..evaluate.zeroshot import class_embeddings
 
     values = ATTRIBUTE_VALUES[attribute]
     objects, prompts = object_prompts()
@@ -179,8 +182,6 @@ def attribute_text_classifier(model, attribute: str) -> tuple[list[str], torch.T
 
 def one_object_images(data, split: str, image_size: int, limit: int | None = None):
     """(uint8 images (N, 3, S, S), records) of the one-object ShapesWorld images of `split`."""
-    from ..data.pairs import ImageTextPairs
-    from ..data.schema import DataError
 
     part = data.split(split)
     part.records = [r for r in part.records if len(r.attributes.get("objects", ())) == 1][:limit]
@@ -194,7 +195,6 @@ def shapes_attribute_task(model, data, attribute: str, pool_split: str = "train"
                           pool_limit: int | None = 2000, test_limit: int | None = 2000) -> EmbeddedTask:
     """Classify one attribute (shape, colour, size) of one-object ShapesWorld images from `model`'s
     image embeddings; the zero-shot classifier is the attribute's prompt ensemble."""
-    from ..data.synthetic.shapes import ATTRIBUTE_VALUES
 
     if attribute not in ATTRIBUTE_VALUES:
         raise ValueError(f"unknown ShapesWorld attribute '{attribute}' ({', '.join(ATTRIBUTE_VALUES)})")

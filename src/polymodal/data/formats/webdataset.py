@@ -23,6 +23,7 @@ import braceexpand
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
+from ...modalities.image_files import load_image
 from ...utils import atomic_path, progress_bar, write_json
 from ..kinds import read_meta
 from ..schema import DataError, Record, RecordSet
@@ -92,7 +93,6 @@ def _image_bytes(path: Path) -> tuple[str, bytes]:
     ext = KEPT_IMAGE_TYPES.get(path.suffix.lower())
     if ext:
         return ext, path.read_bytes()
-    from ...modalities.image_files import load_image
 
     buf = io.BytesIO()
     load_image(path).save(buf, format="PNG")
