@@ -10,7 +10,9 @@ from polymodal.models.factory import create_model
 from polymodal.paradigms.federated import (
     AlignedClient,
     ClientData,
+    FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     FitResult,
     get_parameters,
@@ -44,6 +46,58 @@ def test_fedavg_averages_a_tower_only_over_the_clients_that_trained_it():
     np.testing.assert_allclose(out[0], 2.0)  # both trained the image tower
     np.testing.assert_allclose(out[1], 3.0)  # the image-only client's stale text tower is left out
     assert float(out[2]) == 3.0
+
+
+def _rounds_of(strategy, names, rounds=3, seed=0):
+    """Aggregate a few rounds of random client models; the global parameters after each."""
+    rng, current, out = np.random.default_rng(seed), [np.zeros(4, np.float32), np.zeros(2, np.float32)], []
+    for r in range(rounds):
+        results = [FitResult([c + rng.normal(size=c.shape).astype(np.float32) for c in current], n,
+                             {"towers": "image,text,pairs"}) for n in (10, 30)]
+        current = strategy.aggregate_fit(r, results, current)
+        out.append(current)
+    return out
+
+
+def test_fedavgm_with_no_momentum_is_fedavg():
+    names = ["image_proj.weight", "image_tower.bn.running_mean"]
+    for a, b in zip(_rounds_of(FedAvg(names), names), _rounds_of(FedAvgM(names, beta=0.0, server_lr=1.0), names)):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_fedavgm_accumulates_a_constant_update():
+    # Every round the clients move +1: the server's step grows 1, 1.9, 2.71 (v = 0.9 v + 1).
+    strategy, current = FedAvgM(["w", "bn.running_mean"], beta=0.9), [np.zeros(1), np.zeros(1)]
+    for step in (1.0, 1.9, 2.71):
+        new = strategy.aggregate_fit(0, [FitResult([c + 1 for c in current], 1, {})], current)
+        np.testing.assert_allclose(new[0] - current[0], step)
+        np.testing.assert_allclose(new[1] - current[1], 1.0)  # BatchNorm statistics are plainly averaged
+        current = new
+
+
+def test_fedadam_moves_each_weight_about_the_server_lr():
+    strategy, current = FedAdam(["w"], server_lr=0.01, tau=1e-9), [np.zeros(3)]
+    # Adam normalises the scale away: a tiny and a large update move a weight by the same amount.
+    new = strategy.aggregate_fit(0, [FitResult([np.array([1e-4, 1.0, -50.0])], 1, {})], current)
+    np.testing.assert_allclose(new[0], 0.01 * (1 - 0.9) / np.sqrt(1 - 0.99) * np.array([1, 1, -1]), rtol=1e-4)
+
+
+def test_a_client_keeps_its_optimizer_across_rounds_only_when_asked(shapes_pairs):
+    model = create_model("shapes-cnn-tiny", texts=[t for r in shapes_pairs.records for t in r.text])
+    data = ClientData(shapes_pairs.images[:32], [r.text for r in shapes_pairs.records[:32]])
+    start = get_parameters(model)
+    seen = {}
+    for keep in (False, True):
+        client = AlignedClient("0", model, data, 16)
+        config = {"round": 0, "rounds": 2, "local_steps": 1, "lr": 1e-3, "keep_optimizer": keep}
+        client.fit(start, config)
+        first = client.optimizer
+        client.fit(start, {**config, "round": 1})
+        seen[keep] = client.optimizer is first
+        assert all(s["step"] == (2 if keep else 1) for s in client.optimizer.state.values())
+    assert seen == {False: False, True: True}
+    assert FedAvg(["w"], keep_optimizer=True).configure_fit(0, 1)["keep_optimizer"]
 
 
 def test_only_fedprox_asks_for_a_proximal_term():

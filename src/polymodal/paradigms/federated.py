@@ -90,11 +90,12 @@ class AlignedClient:
         self.batch_size = min(batch_size, len(data))
         self.rng = np.random.default_rng([seed, int(cid) if cid.isdigit() else len(cid)])
         self.augment = v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.85, 1.15))
+        self.optimizer: torch.optim.Optimizer | None = None
 
     def fit(self, parameters: Parameters, config: dict) -> tuple[Parameters, int, dict]:
-        set_parameters(self.model, parameters)
+        set_parameters(self.model, parameters)  # in place: a kept optimizer still holds these tensors
         global_weights = [p.detach().clone() for p in self.model.parameters()]
-        optimizer = build_optimizer(self.model, config["lr"], config.get("weight_decay", 0.1))
+        optimizer = self.optimizer_for(config)
         self.model.train()
         steps, mu, losses = config["local_steps"], config.get("mu", 0.0), []
         for s in range(steps):
@@ -110,6 +111,13 @@ class AlignedClient:
             losses.append(loss.item())
         towers = ",".join(["image", "text", "pairs"] if self.data.mode == "pairs" else [self.data.mode])
         return get_parameters(self.model), len(self.data), {"loss": float(np.mean(losses)), "towers": towers}
+
+    def optimizer_for(self, config: dict) -> torch.optim.Optimizer:
+        """A fresh AdamW each round, or with `config["keep_optimizer"]` this client's own, whose moments
+        carry over between rounds (a fresh one's first steps are sign-like and as large as the lr)."""
+        if not (config.get("keep_optimizer") and self.optimizer is not None):
+            self.optimizer = build_optimizer(self.model, config["lr"], config.get("weight_decay", 0.1))
+        return self.optimizer
 
     def local_loss(self) -> torch.Tensor:
         rows = self.rng.choice(len(self.data), self.batch_size, replace=False)
@@ -150,12 +158,12 @@ class FedAvg:
 
     mu = 0.0  # no proximal term
 
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3):
-        self.names, self.local_steps, self.lr = list(names), local_steps, lr
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, keep_optimizer: bool = False):
+        self.names, self.local_steps, self.lr, self.keep_optimizer = list(names), local_steps, lr, keep_optimizer
 
     def configure_fit(self, server_round: int, rounds: int) -> dict:
         return {"round": server_round, "rounds": rounds, "local_steps": self.local_steps, "lr": self.lr,
-                "mu": self.mu}
+                "mu": self.mu, "keep_optimizer": self.keep_optimizer}
 
     def aggregate_fit(self, server_round: int, results: Sequence[FitResult], current: Parameters) -> Parameters:
         out = []
@@ -167,20 +175,58 @@ class FedAvg:
                 continue
             weights = np.array([r.num_examples for r in mine], dtype=np.float64)
             mean = sum(w * r.parameters[i].astype(np.float64) for w, r in zip(weights / weights.sum(), mine))
+            if current[i].dtype.kind == "f" and "running_" not in name:  # weights, not BatchNorm statistics
+                mean = self.server_step(i, current[i].astype(np.float64), mean)
             out.append(np.asarray(np.rint(mean) if current[i].dtype.kind in "iu" else mean, dtype=current[i].dtype))
         return out
+
+    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """The new value of entry i from its current value and the clients' mean: FedAvg takes the mean."""
+        return mean
 
 
 class FedProx(FedAvg):
     """Li et al. (2020): FedAvg whose clients add mu/2 * ||w - w_global||^2 to their loss, which
     keeps each client's drift on its skewed data in check."""
 
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, mu: float = 0.01):
-        super().__init__(names, local_steps, lr)
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, mu: float = 0.01, **kw):
+        super().__init__(names, local_steps, lr, **kw)
         self.mu = mu
 
 
-STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx}
+class FedAvgM(FedAvg):
+    """Hsu et al. (2019): the server treats mean - current as a step and applies it with momentum,
+    v = beta v + delta, w += server_lr v, which smooths the clients' skewed, changing directions.
+    beta 0 and server_lr 1 is FedAvg."""
+
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, beta: float = 0.9,
+                 server_lr: float = 1.0, **kw):
+        super().__init__(names, local_steps, lr, **kw)
+        self.beta, self.server_lr, self.velocity = beta, server_lr, {}
+
+    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        self.velocity[i] = self.beta * self.velocity.get(i, 0.0) + (mean - current)
+        return current + self.server_lr * self.velocity[i]
+
+
+class FedAdam(FedAvg):
+    """Reddi et al. (2021): the server applies Adam to the pseudo-gradient mean - current, so each
+    weight moves by about server_lr a round whatever the clients' scale (tau: Adam's epsilon)."""
+
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, server_lr: float = 1e-2,
+                 betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3, **kw):
+        super().__init__(names, local_steps, lr, **kw)
+        self.server_lr, self.betas, self.tau, self.moments = server_lr, betas, tau, {}
+
+    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        delta, (b1, b2) = mean - current, self.betas
+        m, v = self.moments.get(i, (0.0, 0.0))
+        m, v = b1 * m + (1 - b1) * delta, b2 * v + (1 - b2) * delta**2
+        self.moments[i] = (m, v)
+        return current + self.server_lr * m / (np.sqrt(v) + self.tau)
+
+
+STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
 
 
 # -- the simulation driver ----------------------------------------------------------------------

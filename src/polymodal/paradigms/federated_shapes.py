@@ -33,13 +33,16 @@ from .federated import MODES, STRATEGIES, AlignedClient, ClientData, get_paramet
 class FederatedConfig:
     data: str  # dataset directory (its "train" split is shared out, "test" evaluates)
     model: str = "shapes-cnn-tiny"
-    strategy: str = "fedavg"  # fedavg or fedprox
+    strategy: str = "fedavg"  # fedavg, fedprox, fedavgm (server momentum) or fedadam (server Adam)
     clients: int = 8
     rounds: int = 10
     local_steps: int = 10  # optimizer steps per client per round
     batch_size: int = 64
     lr: float = 2e-3
     mu: float = 0.01  # FedProx's proximal weight
+    server_momentum: float = 0.9  # FedAvgM's beta
+    server_lr: float | None = None  # FedAvgM's (default 1) or FedAdam's (default 1e-2) step on the mean update
+    keep_optimizer: bool = False  # each client (and the centralised baseline) keeps its AdamW across rounds
     partition: str = "label-skew"  # "iid", or "label-skew": each client holds about two classes
     label: str = "shape"  # the attribute that skews the partition (ShapesWorld: of the first object)
     modalities: str = "pairs"  # comma-separated, cycled over the clients: pairs, image, text
@@ -136,20 +139,31 @@ def run_federated(cfg: FederatedConfig, centralised: bool = True) -> dict:
     names = list(model.state_dict())
     out = {"config": asdict(cfg), "clients": [{"mode": m, "items": len(s), "classes": int(len(set(labels[s])))}
                                               for m, s in zip(modes, shares)]}
-    options = {"mu": cfg.mu} if cfg.strategy == "fedprox" else {}
-    strategy = STRATEGIES[cfg.strategy](names, cfg.local_steps, cfg.lr, **options)
+    strategy = STRATEGIES[cfg.strategy](names, cfg.local_steps, cfg.lr, **strategy_options(cfg))
     out["federated"] = _timed(lambda: run_simulation(lambda cid: clients[int(cid)], cfg.clients, initial, strategy,
                                                      cfg.rounds, evaluate, cfg.progress))
     if centralised:
         everyone = AlignedClient("0", model, client_data(train, np.arange(len(train)), "pairs"),
                                  cfg.batch_size * cfg.clients, cfg.seed)
-        central = STRATEGIES["fedavg"](names, cfg.local_steps, cfg.lr)
+        central = STRATEGIES["fedavg"](names, cfg.local_steps, cfg.lr, keep_optimizer=cfg.keep_optimizer)
         out["centralised"] = _timed(lambda: run_simulation(lambda cid: everyone, 1, initial, central, cfg.rounds,
                                                            evaluate, cfg.progress))
         fed, cen = out["federated"]["final"], out["centralised"]["final"]
         out["ratio_t2i_R@1"] = fed["t2i_R@1"] / max(cen["t2i_R@1"], 1e-9)
         out["ratio_i2t_R@1"] = fed["i2t_R@1"] / max(cen["i2t_R@1"], 1e-9)
     return out
+
+
+def strategy_options(cfg: FederatedConfig) -> dict:
+    """The chosen strategy's own settings from the config."""
+    options = {"keep_optimizer": cfg.keep_optimizer}
+    if cfg.strategy == "fedprox":
+        options["mu"] = cfg.mu
+    if cfg.strategy == "fedavgm":
+        options["beta"] = cfg.server_momentum
+    if cfg.strategy in ("fedavgm", "fedadam") and cfg.server_lr is not None:
+        options["server_lr"] = cfg.server_lr
+    return options
 
 
 def _timed(run) -> dict:
