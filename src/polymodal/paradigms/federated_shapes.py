@@ -40,9 +40,6 @@ class FederatedConfig:
     batch_size: int = 64
     lr: float = 2e-3
     mu: float = 0.01  # FedProx's proximal weight
-    server_momentum: float = 0.9  # FedAvgM's beta
-    server_lr: float | None = None  # FedAvgM's (default 1) or FedAdam's (default 1e-2) step on the mean update
-    keep_optimizer: bool = False  # each client (and the centralised baseline) keeps its AdamW across rounds
     partition: str = "label-skew"  # "iid", or "label-skew": each client holds about two classes
     label: str = "shape"  # the attribute that skews the partition (ShapesWorld: of the first object)
     modalities: str = "pairs"  # comma-separated, cycled over the clients: pairs, image, text
@@ -50,6 +47,10 @@ class FederatedConfig:
     test_limit: int | None = 1000
     seed: int = 0
     progress: bool = True
+    # After the rest: the command line passes the fields above by position.
+    server_momentum: float = 0.9  # FedAvgM's beta
+    server_lr: float | None = None  # FedAvgM's (default 1) or FedAdam's (default 1e-2) step on the mean update
+    keep_optimizer: bool = False  # each client (and the centralised baseline) keeps its AdamW across rounds
 
 
 def item_label(record, attribute: str) -> str:
