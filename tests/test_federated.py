@@ -129,8 +129,8 @@ def test_fedprox_pulls_towards_the_global_model(shapes_pairs):
 
 
 def test_two_clients_two_rounds_learn(shapes_dir):
-    cfg = FederatedConfig(str(shapes_dir), clients=2, rounds=2, local_steps=20, batch_size=32, lr=5e-3,
-                          partition="label-skew", train_limit=400, test_limit=100, progress=False)
+    cfg = FederatedConfig(str(shapes_dir), strategy="fedavg", clients=2, rounds=2, local_steps=20, batch_size=32,
+                          lr=5e-3, partition="label-skew", train_limit=400, test_limit=100, progress=False)
     res = run_federated(cfg, centralised=False)
     rounds = res["federated"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and len(res["clients"]) == 2

@@ -1,4 +1,5 @@
-"""Federated training of an aligned model: FedAvg and FedProx clients, strategies and a simulation
+"""Federated training of an aligned model: FedAvg and FedProx clients, strategies (with FedAvgM and
+FedAdam, which apply server momentum or Adam to the mean update) and a simulation
 driver over rounds.
 
 Written by hand rather than on Flower (`flwr`), which the issue names: flwr 1.42 cannot be
@@ -199,7 +200,7 @@ class FedAvgM(FedAvg):
     v = beta v + delta, w += server_lr v, which smooths the clients' skewed, changing directions.
     beta 0 and server_lr 1 is FedAvg."""
 
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, beta: float = 0.9,
+    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, beta: float = 0.5,
                  server_lr: float = 1.0, **kw):
         super().__init__(names, local_steps, lr, **kw)
         self.beta, self.server_lr, self.velocity = beta, server_lr, {}

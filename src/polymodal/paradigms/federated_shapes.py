@@ -1,6 +1,6 @@
 """A federated experiment on an image-caption dataset: split its training split among clients
-(IID, or skewed by class), give each client a modality mix, run FedAvg or FedProx, and train the
-same model centrally on the union of the data at equal rounds for comparison.
+(IID, or skewed by class), give each client a modality mix, run FedAvg, FedAvgM, FedProx or
+FedAdam, and train the same model centrally on the union of the data at equal rounds for comparison.
 
 Centralised training is the same simulation with one client that holds every pair and draws
 batches as large as all federated clients' together (batch size x clients), for as many steps per
@@ -33,7 +33,9 @@ from .federated import MODES, STRATEGIES, AlignedClient, ClientData, get_paramet
 class FederatedConfig:
     data: str  # dataset directory (its "train" split is shared out, "test" evaluates)
     model: str = "shapes-cnn-tiny"
-    strategy: str = "fedavg"  # fedavg, fedprox, fedavgm (server momentum) or fedadam (server Adam)
+    # FedAvgM (FedAvg + server momentum 0.5) by default: on 8 label-skewed ShapesWorld clients it reaches
+    # 0.93 of centralised R@1 where plain FedAvg reaches 0.72 (benchmarks/README.md, issue 17).
+    strategy: str = "fedavgm"  # fedavg, fedprox, fedavgm (server momentum) or fedadam (server Adam)
     clients: int = 8
     rounds: int = 10
     local_steps: int = 10  # optimizer steps per client per round
@@ -48,7 +50,7 @@ class FederatedConfig:
     seed: int = 0
     progress: bool = True
     # After the rest: the command line passes the fields above by position.
-    server_momentum: float = 0.9  # FedAvgM's beta
+    server_momentum: float = 0.5  # FedAvgM's beta (0.9 with server lr 1 diverged there)
     server_lr: float | None = None  # FedAvgM's (default 1) or FedAdam's (default 1e-2) step on the mean update
     keep_optimizer: bool = False  # each client (and the centralised baseline) keeps its AdamW across rounds
 
