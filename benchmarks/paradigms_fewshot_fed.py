@@ -71,7 +71,8 @@ def fewshot_figures(data: Path, out: Path, steps: int, seeds: int) -> dict:
 
 def federated_figures(data: Path, rounds: int, local_steps: int, extras: bool) -> dict:
     """FedAvg vs centralised (8 label-skewed clients); with `extras`, FedProx and a modality mix."""
-    base = FederatedConfig(str(data), clients=8, rounds=rounds, local_steps=local_steps, partition="label-skew",
+    base = FederatedConfig(str(data), strategy="fedavg", clients=8, rounds=rounds, local_steps=local_steps,
+                           partition="label-skew",
                            test_limit=1000)
     fedavg = run_federated(base)
     out = {"fedavg_ratio": fedavg["ratio_t2i_R@1"], "fedavg_ratio_i2t": fedavg["ratio_i2t_R@1"],

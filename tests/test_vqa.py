@@ -269,15 +269,3 @@ def test_every_design_trains_above_the_image_only_baseline(small_soc, image_only
     # question adds. The benchmark (benchmarks/vqa.py) measures the binding of question and image.
     assert _trained_accuracy(small_soc, name, tmp_path) > image_only_accuracy + 0.03, name
 
-
-def test_merge_pooling_keeps_each_cell_of_a_block_in_its_own_slot():
-    from polymodal.models.fusion.encoders import ImageGridEncoder
-
-    encoder = ImageGridEncoder(dim=2, width=4, image_size=75, pool=3, pooling="merge")  # 10x10 cells -> 4x4
-    cells = torch.arange(100.0).repeat_interleave(2).reshape(1, 100, 2)  # (1, 100, D=2): each cell its index
-    blocks = encoder.merge_blocks(cells, side=10)  # (1, 16, 9 * 2)
-    assert blocks.shape == (1, 16, 18)
-    assert blocks[0, 0, ::2].tolist() == [0, 1, 2, 10, 11, 12, 20, 21, 22]
-    assert blocks[0, 5, ::2].tolist() == [33, 34, 35, 43, 44, 45, 53, 54, 55]
-    assert blocks[0, 15, ::2].tolist() == [99, 0, 0, 0, 0, 0, 0, 0, 0]  # the grid's edge: zero padding
-    assert encoder(torch.zeros(2, 3, 75, 75, dtype=torch.uint8)).shape == (2, 16, 2)

@@ -42,8 +42,9 @@ def alignment_table(rows: list[dict]) -> list[str]:
 def federated_lines(fed: dict) -> list[str]:
     clients = ", ".join(f"{c['items']} items / {c['classes']} classes" for c in fed["clients"])
     return [f"{len(fed['clients'])} clients ({clients}), {fed['rounds']} communication rounds.", "",
-            f"FedAvg text->image R@1 / centralised: **{fed['fedavg_ratio']:.3f}** (target >= 0.9); "
-            f"FedProx: {fed['fedprox_ratio']:.3f}."]
+            "Text->image R@1 / centralised: " + "; ".join(
+                f"{name} **{ratio:.3f}**" for name, ratio in fed["ratios"].items() if name != "centralised")
+            + " (target >= 0.9)."]
 
 
 def fewshot_table(fewshot: dict) -> list[str]:

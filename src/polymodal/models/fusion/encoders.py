@@ -22,9 +22,7 @@ class ImageGridEncoder(nn.Module):
 
     Two coordinate channels are appended to the pixels (CoordConv), so every cell can say exactly
     where its object is; stride-2 convolutions with BatchNorm bring 75x75 down to a 10x10 grid
-    (each cell sees a whole 10-pixel object); `pool` shrinks the grid further (2: 5x5 cells), by
-    `pooling`: "mean" averages each block's cells, "merge" concatenates their tokens and projects
-    them to one (Swin's patch merging), so a token still says in which of its cells an object lies.
+    (each cell sees a whole 10-pixel object); `pool` averages the grid further (2: 5x5 cells).
 
     Each cell's mean colour is also added to its token through a linear map. Questions name an
     object by its colour, and the convolutions' colour code is entangled at first: without this
@@ -32,10 +30,8 @@ class ImageGridEncoder(nn.Module):
     which object a question means (63 % non-relational on Sort-of-CLEVR); with it the binding is
     learnt within minutes."""
 
-    def __init__(self, dim: int, width: int, image_size: int, pool: int = 1, pooling: str = "mean"):
+    def __init__(self, dim: int, width: int, image_size: int, pool: int = 1):
         super().__init__()
-        if pooling not in ("mean", "merge"):
-            raise ValueError(f"pooling must be 'mean' or 'merge', not '{pooling}'")
         chans = [5, width, 2 * width, dim]
         layers = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
@@ -47,9 +43,7 @@ class ImageGridEncoder(nn.Module):
             side = (side + 1) // 2
         self.pool = pool
         self.grid = -(-side // pool)
-        self.merge = nn.Linear(pool * pool * dim, dim) if pooling == "merge" and pool > 1 else None
-        token_grid = side if self.merge else self.grid  # where position and colour are added
-        self.register_buffer("coords", cell_coordinates(token_grid), persistent=False)
+        self.register_buffer("coords", cell_coordinates(self.grid), persistent=False)
         self.position = nn.Linear(5, dim)
         self.colour = nn.Linear(3, dim)
         c = torch.linspace(-1, 1, image_size)
@@ -58,24 +52,13 @@ class ImageGridEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
-        pixels = x
-        x = self.cnn(torch.cat([x, self.pixel_coords.expand(len(x), -1, -1, -1)], dim=1))  # (B, D, s, s)
-        if self.merge is None and self.pool > 1:
-            x = F.avg_pool2d(x, self.pool, ceil_mode=True)  # (B, D, g, g)
-        side = x.shape[-1]
-        colour = F.adaptive_avg_pool2d(pixels, side).flatten(2).transpose(1, 2)  # (B, side^2, 3)
-        x = x.flatten(2).transpose(1, 2) + self.position(self.coords) + self.colour(colour)  # (B, side^2, D)
-        return x if self.merge is None else self.merge(self.merge_blocks(x, side))  # (B, N, D)
-
-    def merge_blocks(self, x: torch.Tensor, side: int) -> torch.Tensor:
-        """(B, side^2, D) -> (B, grid^2, pool^2 * D): each pool x pool block's tokens side by side
-        (the grid zero-padded to a multiple of pool)."""
-        b, _, d = x.shape
-        p, g = self.pool, self.grid
-        x = x.transpose(1, 2).reshape(b, d, side, side)
-        x = F.pad(x, (0, g * p - side, 0, g * p - side))  # (B, D, g*p, g*p)
-        x = x.reshape(b, d, g, p, g, p).permute(0, 2, 4, 3, 5, 1)  # (B, g, g, p, p, D)
-        return x.reshape(b, g * g, p * p * d)
+        colour = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, N, 3)
+        x = torch.cat([x, self.pixel_coords.expand(len(x), -1, -1, -1)], dim=1)
+        x = self.cnn(x)  # (B, D, g, g)
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return x + self.position(self.coords) + self.colour(colour)
 
 
 class QuestionEncoder(nn.Module):

@@ -28,15 +28,13 @@ class FusionConfig:
     image_size: int = 75
     width: int = 32  # channels of the first CNN stage (doubles once, then `dim`)
     dim: int = 64  # token width of both encoders and of the fusion layers
-    pool: int = 1  # shrink the 10x10 region grid by this factor (2: 5x5 regions)
-    pooling: str = "mean"  # how: "mean" of each block's cells, or "merge" (concatenate them and project)
+    pool: int = 1  # average the 10x10 region grid by this factor (2: 5x5 regions)
     heads: int = 4
     question_layers: int = 1
     layers: int = 2  # fusion depth: transformer layers (early), attention hops (xattn), FiLM blocks, g-MLP layers (rn)
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
     rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
     relation_dim: int = 32  # rn with rn_question "last": width of g's output, the per-question part
-    rn_pool: str = "mean"  # rn: "mean" over pairs (the paper), or "attention": also a softmax over pairs
 
     @classmethod
     def from_dict(cls, d: dict) -> FusionConfig:
@@ -66,7 +64,7 @@ class FusionModel(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.config = config
         c = config
-        self.image_encoder = ImageGridEncoder(c.dim, c.width, c.image_size, c.pool, c.pooling)
+        self.image_encoder = ImageGridEncoder(c.dim, c.width, c.image_size, c.pool)
         self.question_encoder = QuestionEncoder(vocab_size, question_length, c.dim, c.heads, c.question_layers)
         self.n_regions = self.image_encoder.grid ** 2
         self.head = mlp([self.fused_dim(), c.hidden, n_answers])
@@ -233,12 +231,7 @@ class RelationNetwork(FusionModel):
       MLP costs Q times less (Q = 20 on Sort-of-CLEVR) and the per-question work, N^2 x relation_dim,
       is what is left.
     The mean over pairs is layer-normalised before f: most pairs are background, and without it
-    the relation network learnt nothing from the image in 5 minutes.
-
-    `rn_pool` "attention" adds a second reading of the same pair features: a softmax over pairs
-    with a score computed from each pair's question-conditioned features. A mean over pairs must
-    approximate "the closest object to the red one" as a sum; a softmax over pairs whose score
-    falls with their distance is a soft argmin. The mean stays beside it (counting needs a sum)."""
+    the relation network learnt nothing from the image in 5 minutes."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
@@ -257,12 +250,8 @@ class RelationNetwork(FusionModel):
                                           for m in (nn.ReLU(), nn.Linear(a, b))])
         else:
             raise ValueError(f"rn_question must be 'first' or 'last', not '{c.rn_question}'")
-        if c.rn_pool not in ("mean", "attention"):
-            raise ValueError(f"rn_pool must be 'mean' or 'attention', not '{c.rn_pool}'")
-        self.pair_score = nn.Linear(relation_dim, 1) if c.rn_pool == "attention" else None
-        readings = 2 if self.pair_score else 1
-        self.relation_norm = nn.LayerNorm(readings * relation_dim)
-        self.f = mlp([readings * relation_dim, c.hidden, c.hidden])
+        self.relation_norm = nn.LayerNorm(relation_dim)
+        self.f = mlp([relation_dim, c.hidden, c.hidden])
 
     def fused_dim(self):
         return self.config.hidden
@@ -272,15 +261,11 @@ class RelationNetwork(FusionModel):
         if self.config.rn_question == "first":
             q = self.g_q(q_pooled)  # (B, Q, H)
             pairs = a[:, None, :, None] + b[:, None, None, :] + q[:, :, None, None]  # (B, Q, N, N, H)
-            pairs = self.g_rest(F.relu(pairs)).flatten(2, 3)  # (B, Q, N*N, H)
+            relations = self.g_rest(F.relu(pairs)).mean(dim=(2, 3))  # (B, Q, H)
         else:
             pairs = self.g_rest(a[:, :, None] + b[:, None, :]).flatten(1, 2)  # (B, N*N, R), before the last ReLU
             gamma, beta = self.g_film(q_pooled).chunk(2, dim=-1)  # (B, Q, R) each
-            pairs = F.relu(pairs[:, None] * (1 + gamma[:, :, None]) + beta[:, :, None])  # (B, Q, N*N, R)
-        relations = pairs.mean(2)  # (B, Q, R)
-        if self.pair_score is not None:
-            weights = self.pair_score(pairs).softmax(dim=2)  # (B, Q, N*N, 1)
-            relations = torch.cat([relations, (weights * pairs).sum(2)], dim=-1)  # (B, Q, 2R)
+            relations = F.relu(pairs[:, None] * (1 + gamma[:, :, None]) + beta[:, :, None]).mean(2)  # (B, Q, R)
         return F.relu(self.f(self.relation_norm(relations))), None
 
 
