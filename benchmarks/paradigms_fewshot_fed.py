@@ -31,8 +31,8 @@ from rich.table import Table
 from polymodal import load
 from polymodal.data import load_records
 from polymodal.data.synthetic.shapes import ShapesConfig, generate
+from polymodal.lab.paradigms import fewshot_figures as curves_on
 from polymodal.paradigms.federated_shapes import FederatedConfig, run_federated
-from polymodal.paradigms.fewshot import SHOTS, digits_task, learning_curve, shapes_attribute_task
 from polymodal.train.loop import TrainConfig, train
 from polymodal.utils import write_json
 
@@ -59,14 +59,8 @@ def fewshot_figures(data: Path, out: Path, steps: int, seeds: int) -> dict:
         train(TrainConfig(data=str(data), out=str(model_dir), model="shapes-cnn-tiny", steps=steps, batch_size=128,
                           eval_images=0, hard_negatives=0))
     train_s = time.perf_counter() - start
-    model, records = load(str(model_dir)), load_records(data)
-    curves = {a: learning_curve(shapes_attribute_task(model, records, a), SHOTS, range(seeds))
-              for a in ("shape", "colour")}
-    curves["digits"] = learning_curve(digits_task(), SHOTS, range(seeds))
-    shape = curves["shape"]
-    tip4, linear4 = (shape["methods"][m][4]["mean"] for m in ("tip_adapter", "linear_probe"))
-    return {"tip4_minus_zeroshot": tip4 - shape["zero_shot"], "tip4_minus_linear4": tip4 - linear4,
-            "model_train_seconds": train_s, "curves": curves}
+    figures = curves_on(load(str(model_dir)), load_records(data), range(seeds))
+    return figures | {"model_train_seconds": train_s}
 
 
 def federated_figures(data: Path, rounds: int, local_steps: int, extras: bool) -> dict:

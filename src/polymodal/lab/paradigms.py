@@ -25,6 +25,7 @@ from rich.console import Console
 
 from ..backends import load_model
 from ..data.formats import load_records
+from ..data.schema import RecordSet
 from ..data.synthetic.shapes import ShapesConfig, generate
 from ..evaluate.run import evaluate
 from ..paradigms.federated_shapes import FederatedConfig, run_federated
@@ -85,16 +86,17 @@ def run_paradigms(cfg: ParadigmsConfig) -> dict:
 
 
 def run_section(section: str, cfg: ParadigmsConfig, data: Path, out: Path, results: dict) -> None:
+    records = load_records(data) if section in ("alignment", "cca", "fewshot") else None
     if section == "alignment":
-        results["alignment"] += [pretrain_then_align(name, objective, cfg, data, out)
+        results["alignment"] += [pretrain_then_align(name, objective, cfg, data, out, records)
                                  for name, objective in PRETRAINING.items()]
     elif section == "cca":
-        results["alignment"] += [cca_row(method, cfg, data, out) for method in CCA_METHODS]
+        results["alignment"] += [cca_row(method, cfg, data, out, records) for method in CCA_METHODS]
     elif section == "federated":
         results["federated"] = federated_runs(cfg, data)
         results["alignment"] += federated_rows(results["federated"])
     elif section == "fewshot":
-        results["fewshot"] = fewshot_curves(cfg, data, out)
+        results["fewshot"] = fewshot_curves(cfg, data, out, records)
     elif section == "digits":
         results["digits"] = digits_benchmark(quick=cfg.cca_deep_steps < 200, seed=cfg.seed)
 
@@ -120,12 +122,12 @@ def retrieval_row(results: dict) -> dict:
     return row
 
 
-def _evaluate_dir(directory: Path, cfg: ParadigmsConfig, data: Path) -> dict:
-    model = load_model(directory)
-    return retrieval_row(evaluate(model, load_records(data), max_images=cfg.eval_images, progress=False))
+def _evaluate_dir(directory: Path, cfg: ParadigmsConfig, records: RecordSet) -> dict:
+    return retrieval_row(evaluate(load_model(directory), records, max_images=cfg.eval_images, progress=False))
 
 
-def pretrain_then_align(name: str, objective: str | None, cfg: ParadigmsConfig, data: Path, out: Path) -> dict:
+def pretrain_then_align(name: str, objective: str | None, cfg: ParadigmsConfig, data: Path, out: Path,
+                        records: RecordSet) -> dict:
     """Pretrain (if `objective`) for half the budget, align contrastively for the rest, evaluate."""
     row: dict = {"family": "self-supervised" if objective else "contrastive", "method": name}
     align_budget, init_from, slug = cfg.budget, [], objective or "contrastive"
@@ -140,16 +142,16 @@ def pretrain_then_align(name: str, objective: str | None, cfg: ParadigmsConfig, 
                                   progress=cfg.progress))
     row |= {"steps": json.loads((align_dir / "config.json").read_text())["step"], "seconds": cfg.budget,
             "checkpoint": str(align_dir)}
-    return row | _evaluate_dir(align_dir, cfg, data)
+    return row | _evaluate_dir(align_dir, cfg, records)
 
 
-def cca_row(method: str, cfg: ParadigmsConfig, data: Path, out: Path) -> dict:
+def cca_row(method: str, cfg: ParadigmsConfig, data: Path, out: Path, records: RecordSet) -> dict:
     """One CCA method on HOG + colour histograms against TF-IDF, fitted on the training split."""
     report = fit_cca(CCAFitConfig(data=str(data), out=str(out / f"cca-{method}"), method=method,
                                   steps=cfg.cca_deep_steps, seed=cfg.seed, progress=cfg.progress))
     row = {"family": "CCA", "method": f"{method} CCA (HOG + colour / TF-IDF)", "seconds": report.fit_seconds,
            "checkpoint": str(out / f"cca-{method}")}
-    return row | _evaluate_dir(out / f"cca-{method}", cfg, data)
+    return row | _evaluate_dir(out / f"cca-{method}", cfg, records)
 
 
 def federated_runs(cfg: ParadigmsConfig, data: Path) -> dict:
@@ -175,15 +177,19 @@ def federated_rows(federated: dict) -> list[dict]:
             for name, run in federated["runs"].items()]
 
 
-def fewshot_curves(cfg: ParadigmsConfig, data: Path, out: Path) -> dict:
+def fewshot_curves(cfg: ParadigmsConfig, data: Path, out: Path, records: RecordSet) -> dict:
     """Learning curves on the contrastive model's image embeddings (trained here if the alignment
     section did not run), and on the digits' pixels."""
     model_dir = out / "contrastive"
     if not (model_dir / "config.json").exists():
         train(TrainConfig(data=str(data), out=str(model_dir), model=cfg.model, epochs=10_000,
                           time_budget=cfg.budget, eval_images=0, seed=cfg.seed, progress=cfg.progress))
-    model, records = load_model(model_dir), load_records(data)
-    seeds = range(cfg.fewshot_seeds)
+    return fewshot_figures(load_model(model_dir), records, range(cfg.fewshot_seeds))
+
+
+def fewshot_figures(model, records: RecordSet, seeds) -> dict:
+    """Curves of ShapesWorld shape and colour from `model`'s image embeddings and of the digits;
+    Tip-Adapter at 4 shots against zero-shot and against the linear probe, on shape."""
     curves = {a: learning_curve(shapes_attribute_task(model, records, a), SHOTS, seeds) for a in ("shape", "colour")}
     curves["digits"] = learning_curve(digits_task(), SHOTS, seeds)
     shape = curves["shape"]["methods"]

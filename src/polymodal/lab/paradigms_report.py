@@ -11,8 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..evaluate.report import png_b64  # noqa: E402
 from ..paradigms.fewshot import SHOTS  # noqa: E402
-from ..utils import atomic_path, write_json  # noqa: E402
-from .report import write_lab_page  # noqa: E402
+from .report import write_lab_page, write_results_files  # noqa: E402
 
 ALIGNMENT_COLUMNS = [("t2i R@1", "t2i_R@1"), ("R@5", "t2i_R@5"), ("R@10", "t2i_R@10"), ("i2t R@1", "i2t_R@1"),
                      ("R@5", "i2t_R@5"), ("R@10", "i2t_R@10"), ("unseen t2i R@1", "unseen_t2i_R@1"),
@@ -130,10 +129,8 @@ def federated_figure(fed: dict):
 
 
 def write_paradigms_results(results: dict, out: Path) -> None:
-    write_json(out / "results.json", results)
     markdown = results_markdown(results)
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(markdown)
+    write_results_files(out, results, markdown)
     figures = []
     if results["alignment"]:
         figures.append(("R@1 by method", png_b64(recall_bars(results["alignment"]))))

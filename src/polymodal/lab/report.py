@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 
 from ..evaluate.report import png_b64
-from ..utils import atomic_path
+from ..utils import atomic_path, write_json
 
 
 def _md_table_to_html(md: str) -> str:
@@ -119,3 +119,10 @@ def write_lab_page(path: Path, title: str, note: str, markdown: str, figures: li
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
+
+
+def write_results_files(out: Path, results: dict, markdown: str) -> None:
+    """A lab's results.json and results.md, each written whole."""
+    write_json(out / "results.json", results)
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(markdown)

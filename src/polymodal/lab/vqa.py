@@ -16,7 +16,7 @@ from ..data.vqa import QuestionVocab, VQATensors, answer_vocabulary, vqa_tensors
 from ..evaluate.vqa import CONDITIONS, accuracy_table, evaluate_vqa, majority_baseline
 from ..models.fusion import FUSIONS, create_vqa_model, get_fusion_config, list_vqa_models
 from ..train.vqa import VQATrainConfig, train_vqa
-from ..utils import atomic_path, write_json
+from ..utils import atomic_path
 
 HELDOUT_SPLIT = "test_heldout"  # drawn by rendering variants the training data never uses
 HELDOUT = "held-out rendering"  # its condition in the robustness table
@@ -224,10 +224,8 @@ def robustness_table(results: dict) -> list[str]:
 
 
 def write_results(results: dict, out: Path) -> None:
-    from .report import write_vqa_report
+    from .report import write_results_files, write_vqa_report  # matplotlib: only when a report is written
 
-    write_json(out / "results.json", results)
     md = markdown_tables(results)
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(md)
+    write_results_files(out, results, md)
     write_vqa_report(results, md, out / "report.html")

@@ -13,6 +13,7 @@ A fitted model keeps only the arrays of its projection, so loading needs neither
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -69,9 +70,10 @@ class Standardizer:
         return ((X - self.mean) / self.scale).astype(X.dtype, copy=False)
 
 
-class CCAEstimator:
+class CCAEstimator(abc.ABC):
     """What every CCA shares: `transform`, `score`, save/load. A subclass implements `fit`,
-    `transform_x` / `transform_y` (one view to its (N, dim) variates) and `_arrays` / `_restore`."""
+    `transform_x` / `transform_y` (one view to its (N, dim) variates), `params` (its constructor's
+    arguments) and `_arrays` / `_restore` (its fitted state)."""
 
     method: ClassVar[str]
     correlations_: np.ndarray  # (dim,) canonical correlations on the training pairs
@@ -81,8 +83,21 @@ class CCAEstimator:
         super().__init_subclass__(**kwargs)
         CCAEstimator.registry[cls.method] = cls
 
+    @abc.abstractmethod
     def params(self) -> dict:
-        raise NotImplementedError
+        """The constructor's keyword arguments: `type(self)(**params())` is the same unfitted model."""
+
+    @abc.abstractmethod
+    def fit(self, X, Y) -> CCAEstimator:
+        """Fit on paired views X (N, Dx) and Y (N, Dy); returns self."""
+
+    @abc.abstractmethod
+    def transform_x(self, X: np.ndarray) -> np.ndarray:
+        """(N, Dx) -> (N, dim) canonical variates of the first view."""
+
+    @abc.abstractmethod
+    def transform_y(self, Y: np.ndarray) -> np.ndarray:
+        """(N, Dy) -> (N, dim) canonical variates of the second view."""
 
     def transform(self, X=None, Y=None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Either view, or both -> their (N, dim) canonical variates (None for a view not given)."""
@@ -124,11 +139,13 @@ class CCAEstimator:
             raise CheckpointError(f"{directory / ESTIMATOR_JSON}: not a valid saved CCA ({err})") from None
         return estimator
 
+    @abc.abstractmethod
     def _arrays(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The fitted state, as named arrays for safetensors."""
 
+    @abc.abstractmethod
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        """Set the fitted state from what `_arrays` returned."""
 
 
 class LinearCCA(CCAEstimator):
