@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,11 @@ def atomic_path(path: str | Path, merge: bool = False):
     `path` whole; with `merge`, each of its entries replaces its namesake in `path` instead, and
     the rest of `path` stays (a model saved into a training run's directory)."""
     path = Path(path)
-    tmp = path / f".staging-{os.getpid()}" if merge else path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)  # left by a killed process with the same id
+    # Unique per process and thread: two threads of one server writing the same file (a build and
+    # a reload) each get their own temporary path; the last rename wins whole.
+    writer = f"{os.getpid()}-{threading.get_ident()}"
+    tmp = path / f".staging-{writer}" if merge else path.with_name(f".{path.name}.tmp-{writer}")
+    _remove(tmp)  # left by a killed process with the same ids
     try:
         yield tmp
         if merge:
