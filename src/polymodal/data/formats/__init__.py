@@ -10,12 +10,15 @@ from .folder import read_folder
 from .llava import looks_like_llava, read_llava
 from .manifest import MANIFEST, read_manifest
 from .table import read_table
+from .webdataset import is_shard_source, read_shards
 
-FORMATS = ("manifest", "coco", "llava", "csv", "folder")
+FORMATS = ("manifest", "coco", "llava", "csv", "folder", "webdataset")
 
 
 def detect_format(source: Path) -> str:
     source = Path(source)
+    if is_shard_source(source):
+        return "webdataset"
     if source.is_dir():
         return "manifest" if (source / MANIFEST).is_file() else "folder"
     suffix = source.suffix.lower()
@@ -47,7 +50,7 @@ def load_records(
     source = Path(source)
     if source.name == MANIFEST:
         source = source.parent
-    if not source.exists():
+    if not source.exists() and not is_shard_source(source):
         raise DataError(f"{source}: no such file or directory")
     fmt = detect_format(source) if format == "auto" else format
     if fmt not in FORMATS:
@@ -60,6 +63,8 @@ def load_records(
         records, root = read_folder(source, skips, **default_split), source
     elif fmt == "coco":
         records, root = read_coco(source, skips, **default_split), source.parent
+    elif fmt == "webdataset":
+        records, root = read_shards(source, skips, split)
     elif fmt == "llava":
         records, root = read_llava(source, skips, **default_split), source.parent
     else:

@@ -8,12 +8,18 @@ name, so record ids (which may hold dots) live in the JSON instead.
 
 Streaming also reads shards it did not write: a brace pattern (`shards/{00000..00009}.tar`), one
 `.tar`, or img2dataset's output directory (`*.tar` with `*_stats.json` and parquet beside them).
+
+Everything else (evaluation, indexing, `data info`) reads shards as records through
+`read_shards`: each split is extracted once into a polymodal dataset directory under the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass
@@ -24,12 +30,14 @@ import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
 from ...modalities.image_files import load_image
-from ...utils import atomic_path, progress_bar, write_json
-from ..kinds import read_meta
-from ..schema import DataError, Record, RecordSet
+from ...utils import atomic_path, cache_dir, progress_bar, write_json
+from ..kinds import META_FILE, read_meta
+from ..schema import DataError, Record, RecordSet, SkipLog
+from .manifest import MANIFEST, read_manifest
 
 INDEX = "shards.json"
 KEPT_IMAGE_TYPES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}  # stored as they are
+MAX_MEMBER_BYTES = 256 * 2**20  # a sample with a larger file is skipped unread
 
 
 @dataclass
@@ -154,3 +162,113 @@ def _count_samples(tar: Path) -> int | None:
             return len({base_plus_ext(m.name)[0] for m in f if m.isreg()} - {None})
     except (OSError, tarfile.TarError):
         return None
+
+
+def read_shards(source: str | Path, skips: SkipLog, split: str | None = None) -> tuple[list[Record], Path]:
+    """The records of shards (every split of an index, or the tars `source` names; `split` for the
+    records whose JSON names none), read from a dataset directory they are extracted into once,
+    under the cache, keyed by the shards' paths, sizes and times. Returns (records, that directory)."""
+    sets = _shard_sets(source, split or "train")
+    stamp = [(s.url, *_size_and_time(s.url)) for shards in sets.values() for s in shards.shards]
+    root = cache_dir() / "shards" / hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:20]
+    if not (root / MANIFEST).is_file():
+        _extract(sets, root, skips)
+    return read_manifest(root, skips), root
+
+
+def _shard_sets(source: str | Path, default_split: str) -> dict[str, ShardSet]:
+    path = Path(str(source))
+    if path.is_dir() and (path / INDEX).is_file():
+        try:
+            names = list(json.loads((path / INDEX).read_text())["splits"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path / INDEX}: not a shard index ({err})") from err
+        return {name: _from_index(path, name) for name in names}
+    return {default_split: find_shards(source)}
+
+
+def _size_and_time(url: str) -> tuple[int, int]:
+    stat = Path(url).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _extract(sets: dict[str, ShardSet], root: Path, skips: SkipLog) -> None:
+    """Every sample's image to ROOT/images and its record to ROOT/manifest.jsonl, written under a
+    temporary name and renamed, so an interrupted extraction is never read."""
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    counts = [s.samples for shards in sets.values() for s in shards.shards]
+    total = None if None in counts else sum(counts)
+    count = 0
+    with (tmp / MANIFEST).open("w") as manifest, progress_bar(True) as bar:
+        task = bar.add_task("extracting shards", total=total)
+        for split, shards in sets.items():
+            for shard in shards.shards:
+                read = 0
+                for key, files in _samples(shard.url, skips):
+                    record = _record(key, files, split, tmp, count, f"{shard.url}:{key}", skips)
+                    if record is not None:
+                        manifest.write(json.dumps(record) + "\n")
+                        count += 1
+                    read += 1
+                    bar.advance(task)
+                if shard.samples and read < shard.samples:  # a tar cut at a member boundary ends quietly
+                    skips.skip(shard.url, f"{read} of {shard.samples} samples read (a truncated shard?)")
+    kind = next((s.meta.get("kind") for s in sets.values() if s.meta.get("kind")), None)
+    write_json(tmp / META_FILE, {"kind": kind, "extracted_from": sorted({s.source for s in sets.values()})})
+    try:
+        tmp.rename(root)
+    except OSError:  # another process extracted the same shards first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _samples(url: str, skips: SkipLog):
+    """(key, {extension: bytes}) for each sample of one tar, read as a stream (a sample's files
+    are consecutive members); an unreadable tar is skipped from where it breaks."""
+    key, files = None, {}
+    try:
+        with tarfile.open(url, "r|*") as tar:
+            for member in tar:
+                name, ext = base_plus_ext(member.name)
+                if not member.isreg() or name is None:
+                    continue
+                if name != key and key is not None:
+                    yield key, files
+                    files = {}
+                key = name
+                files[ext.lower()] = None if member.size > MAX_MEMBER_BYTES else tar.extractfile(member).read()
+    except (OSError, tarfile.TarError, EOFError) as err:
+        skips.skip(url, f"unreadable shard ({err.__class__.__name__}: {err})")
+        key = None  # the sample the error cut off
+    if key is not None:
+        yield key, files
+
+
+def _record(key: str, files: dict, split: str, root: Path, n: int, where: str, skips: SkipLog) -> dict | None:
+    """One sample's record (its JSON, or the key and caption of a tar polymodal did not write),
+    with its image written under ROOT/images; None, and a skip, for a sample that cannot be used."""
+    if any(v is None for v in files.values()):
+        skips.skip(where, f"a file over {MAX_MEMBER_BYTES // 2**20} MiB")
+        return None
+    ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in files), None)
+    if ext is None:
+        skips.skip(where, "no image (png, jpg or webp)")
+        return None
+    try:
+        record = json.loads(files["json"]) if "json" in files else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        skips.skip(where, f"bad JSON ({err})")
+        return None
+    if not isinstance(record, dict):
+        skips.skip(where, "the JSON is not an object")
+        return None
+    if "text" not in record:  # img2dataset: the caption in its JSON, else in the .txt
+        caption = record.get("caption")
+        if isinstance(caption, str):
+            record["text"] = [caption]
+        elif "txt" in files:
+            record["text"] = [files["txt"].decode("utf-8", errors="replace")]
+    image = f"images/{n:09d}.{ext}"
+    (root / image).write_bytes(files[ext])
+    return {"id": key, **record, "split": record.get("split") or split, "image": image}
