@@ -1,12 +1,16 @@
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from polymodal.data.formats import load_records
 from polymodal.data.synthetic.sort_of_clevr import ANSWERS, SortOfClevrConfig, answer, encode, generate
 from polymodal.data.vqa import QuestionVocab, answer_vocabulary, vqa_tensors
 from polymodal.models.fusion import create_vqa_model, list_vqa_models, load_vqa, save_vqa
+from polymodal.models.fusion.encoders import ImageGridEncoder
+from polymodal.models.fusion.models import FusionConfig, build_fusion_model, salient_cells
 
 MODELS = [name[len("vqa-"):] for name in list_vqa_models()]
 
@@ -90,6 +94,22 @@ def test_every_fusion_model_forward_backward_save_load(name, soc, tmp_path):
     assert torch.allclose(model(batch.images, batch.questions)["logits"],
                           again(batch.images, batch.questions)["logits"], atol=1e-5)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["fusion"]["fusion"] == name
+
+
+def test_objects_are_the_cells_that_differ_from_the_background(soc):
+    data = load_records(soc).split("train")
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(data.path(r.image)).convert("RGB")).copy())
+                          for r in data.records]).permute(0, 3, 1, 2)  # (40, 3, 75, 75)
+    cells = salient_cells(ImageGridEncoder(16, 8, 75).cell_colours(images), 16)  # (40, 16), raster order
+    assert torch.equal(cells, cells.sort(dim=1).values)
+    centres = [(i, min(int(o["y"] / 7.5), 9) * 10 + min(int(o["x"] / 7.5), 9))
+               for i, r in enumerate(data.records) for o in r.attributes["objects"]]
+    kept = sum(c in cells[i].tolist() for i, c in centres)
+    assert kept >= 0.98 * len(centres)  # 6 objects of 2x2 cells in 16 cells; the background in none
+    with pytest.raises(ValueError, match="whole region grid"):
+        build_fusion_model(FusionConfig(fusion="film", objects=16), 10, 8, 4)
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        build_fusion_model(FusionConfig(fusion="rn", objects=101), 10, 8, 4)
 
 
 @pytest.mark.slow
