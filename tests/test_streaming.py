@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import polymodal
 from polymodal.cli import app
 from polymodal.data import load_records
-from polymodal.data.formats.webdataset import INDEX, find_shards, is_shard_source
+from polymodal.data.formats.shards import INDEX, find_shards, is_shard_source
 from polymodal.data.pairs import ImageTextPairs
 from polymodal.data.streaming import StreamingPairs
 from polymodal.evaluate import evaluate

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..modalities.image import resize_and_crop
 from ..modalities.image_files import decode_image_bytes
-from .formats.webdataset import ShardSet, find_shards
+from .formats.shards import ShardSet, find_shards
 from .kinds import DatasetKind, detect_kind
 from .pairs import Batch
 from .schema import DataError, Record, SkipLog

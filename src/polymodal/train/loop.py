@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..backends import is_pretrained_source, load_trainable, save_model
 from ..data.formats import load_records
-from ..data.formats.webdataset import find_shards, is_shard_source
+from ..data.formats.shards import find_shards, is_shard_source
 from ..data.pairs import ImageTextPairs
 from ..data.schema import DataError, RecordSet
 from ..data.streaming import StreamingPairs, shard_captions

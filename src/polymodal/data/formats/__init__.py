@@ -9,8 +9,8 @@ from .coco import read_coco
 from .folder import read_folder
 from .llava import looks_like_llava, read_llava
 from .manifest import MANIFEST, read_manifest
+from .shards import is_shard_source, read_shards
 from .table import read_table
-from .webdataset import is_shard_source, read_shards
 
 FORMATS = ("manifest", "coco", "llava", "csv", "folder", "webdataset")
 
