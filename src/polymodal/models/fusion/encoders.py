@@ -52,12 +52,14 @@ class ImageGridEncoder(nn.Module):
 
     def cell_colours(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> each cell's mean colour (B, N, 3), in [-1, 1]."""
-        x = images.float() / 127.5 - 1
-        return F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)
+        return self._cell_means(images.float() / 127.5 - 1)
+
+    def _cell_means(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, N, C)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
-        colour = self.cell_colours(images)  # (B, N, 3)
+        colour = self._cell_means(x)  # (B, N, 3)
         x = torch.cat([x, self.pixel_coords.expand(len(x), -1, -1, -1)], dim=1)
         x = self.cnn(x)  # (B, D, g, g)
         if self.pool > 1:
