@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps in every run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="shapes-cnn-tiny")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding shards")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers decoding shards")
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved throughput runs per path")
     parser.add_argument("--save-every", type=int, default=20, help="mid-epoch checkpoints in the resume check")

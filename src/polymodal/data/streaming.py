@@ -5,7 +5,7 @@ either. An epoch:
 - the shard list is shuffled (seeded by seed and epoch), dealt to the DDP ranks
   (`shards[rank::world]`) and then to the DataLoader workers (`[worker::workers]`), so each sample
   is read by exactly one worker of one rank;
-- each worker reads its shards through webdataset, shuffles samples in a buffer (seeded by seed,
+- each worker reads its shards (`formats.tars`), shuffles samples in webdataset's buffer (seeded by seed,
   epoch, rank and worker), cuts its own batches, and decodes only the batches it yields, so a
   resumed run skips what it had consumed without decoding it;
 - the main process puts the workers' batches in one canonical order, (batch number, worker),
@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..modalities.image import resize_and_crop
 from ..modalities.image_files import decode_image_bytes
-from .formats.shards import ShardSet, find_shards
+from .formats.shards import MAX_MEMBER_BYTES, ShardSet, find_shards
+from .formats.tars import tar_samples
 from .kinds import DatasetKind, detect_kind
 from .pairs import Batch
 from .schema import DataError, Record, SkipLog
@@ -141,14 +142,11 @@ class StreamingPairs:
 
     def _samples(self, urls: list[str], skip: Callable[[str, str], None]) -> Iterator[_Sample]:
         """Usable samples of `urls` in shard order; bad shards and samples go to `skip`."""
-        def handler(exn: Exception) -> bool:
-            skip(_shard_named(exn, urls), _reason(exn))
-            return True
-
-        for raw in _raw_samples(urls, handler):
-            sample = _usable(raw, skip)
-            if sample is not None:
-                yield sample
+        for url in urls:
+            for key, files in tar_samples(url, skip, MAX_MEMBER_BYTES):
+                sample = _usable(f"{url}:{key}", key, files, skip)
+                if sample is not None:
+                    yield sample
 
 
 class _EpochStream(IterableDataset):
@@ -217,47 +215,43 @@ def shard_captions(shards: ShardSet, limit: int = TOKENIZER_SAMPLES) -> Iterator
     """The captions of the first `limit` samples, read from the shards' text members only (to
     build a tokenizer: its vocabulary has long stopped growing by then, and start-up time and
     memory stay flat however large the collection)."""
-    urls = [s.url for s in shards.shards]
-    samples = _raw_samples(urls, lambda exn: True, select=lambda name: name.endswith((".txt", ".json")))
-    for sample in itertools.islice(samples, limit):
-        yield from _captions(sample)
+    samples = (files for s in shards.shards
+               for _, files in tar_samples(s.url, lambda url, why: None, MAX_MEMBER_BYTES,
+                                           wanted=lambda name: name.endswith((".txt", ".json"))))
+    for files in itertools.islice(samples, limit):
+        yield from _captions(files)
 
 
-def _raw_samples(urls: list[str], handler, select=None) -> Iterator[dict]:
-    return iter(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler,
-                                                                                   select_files=select)))
-
-
-def _usable(raw: dict, skip: Callable[[str, str], None]) -> _Sample | None:
-    where = f"{raw.get('__url__')}:{raw.get('__key__')}"
-    image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-    meta = _meta(raw)
-    captions = _captions(raw, meta)
+def _usable(where: str, key: str, files: dict, skip: Callable[[str, str], None]) -> _Sample | None:
+    image_key = next((k for k in IMAGE_KEYS if files.get(k) is not None), None)
+    meta = _meta(files)
+    captions = _captions(files, meta)
     if image_key is None:
-        skip(where, "no image in the sample")
+        skip(where, "no image in the sample" if not any(k in files for k in IMAGE_KEYS)
+             else f"an image over {MAX_MEMBER_BYTES // 2**20} MiB")
         return None
     if not captions:
         skip(where, "missing caption")
         return None
-    record = Record(id=str(meta.get("id", meta.get("key", raw["__key__"]))), text=captions,
+    record = Record(id=str(meta.get("id", meta.get("key", key))), text=captions,
                     attributes=meta.get("attributes") or {}, labels=meta.get("labels"))
-    return _Sample(where, raw[image_key], record)
+    return _Sample(where, files[image_key], record)
 
 
-def _meta(raw: dict) -> dict:
+def _meta(files: dict) -> dict:
     try:
-        meta = json.loads(raw["json"]) if "json" in raw else {}
+        meta = json.loads(files["json"]) if files.get("json") is not None else {}
     except (ValueError, UnicodeDecodeError):
         return {}
     return meta if isinstance(meta, dict) else {}
 
 
-def _captions(raw: dict, meta: dict | None = None) -> list[str]:
+def _captions(files: dict, meta: dict | None = None) -> list[str]:
     """polymodal's JSON `text` (every caption), else img2dataset's `caption`, else the .txt member."""
-    meta = _meta(raw) if meta is None else meta
+    meta = _meta(files) if meta is None else meta
     text = meta.get("text") or meta.get("caption")
-    if text is None and "txt" in raw:
-        text = raw["txt"].decode("utf-8", errors="replace")
+    if text is None and files.get("txt") is not None:
+        text = files["txt"].decode("utf-8", errors="replace")
     text = [text] if isinstance(text, str) else text if isinstance(text, list) else []
     return [t.strip() for t in text if isinstance(t, str) and t.strip()]
 
@@ -280,16 +274,6 @@ def _first(items, n: int) -> list:
         if len(out) == n:
             break
     return out
-
-
-def _shard_named(exn: Exception, urls: list[str]) -> str:
-    text = " ".join(str(a) for a in getattr(exn, "args", ()))
-    return next((u for u in urls if u in text), "a shard")
-
-
-def _reason(exn: Exception) -> str:
-    first = str(exn.args[0]) if getattr(exn, "args", None) else type(exn).__name__
-    return f"unreadable shard ({type(exn).__name__}: {first.split(' @ ')[0]})"
 
 
 def _die_with_parent(worker_id: int) -> None:

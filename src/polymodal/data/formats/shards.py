@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,19 +22,10 @@ from ...utils import cache_dir, progress_bar, write_json
 from ..kinds import META_FILE
 from ..schema import DataError, Record, SkipLog
 from .manifest import MANIFEST, read_manifest
+from .tars import tar_samples
 
 INDEX = "shards.json"
 MAX_MEMBER_BYTES = 256 * 2**20  # a sample with a larger file is skipped unread
-
-
-def key_and_extension(name: str) -> tuple[str | None, str | None]:
-    """A tar member's sample key and extension, split at the first dot of its file name, as
-    webdataset does ("dir/000001.seg.png" -> ("dir/000001", "seg.png")); (None, None) without one."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot or not stem:
-        return None, None
-    return (f"{folder}/{stem}" if folder else stem), ext
 
 
 @dataclass
@@ -107,11 +97,10 @@ def _count_samples(tar: Path) -> int | None:
         return int(json.loads(stats.read_text())["successes"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    try:
-        with tarfile.open(tar) as f:
-            return len({key_and_extension(m.name)[0] for m in f if m.isreg()} - {None})
-    except (OSError, tarfile.TarError):
-        return None
+    failed: list[str] = []
+    keys = sum(1 for _ in tar_samples(str(tar), lambda url, why: failed.append(why), MAX_MEMBER_BYTES,
+                                      wanted=lambda name: False))
+    return None if failed else keys
 
 
 def read_shards(source: str | Path, skips: SkipLog, split: str | None = None) -> tuple[list[Record], Path]:
@@ -150,20 +139,22 @@ def _extract(sets: dict[str, ShardSet], root: Path, skips: SkipLog) -> None:
     (tmp / "images").mkdir(parents=True)
     counts = [s.samples for shards in sets.values() for s in shards.shards]
     total = None if None in counts else sum(counts)
-    count = 0
+    count, broken = 0, {}  # broken: {url: why} of the tars that could not be read to the end
     with (tmp / MANIFEST).open("w") as manifest, progress_bar(True) as bar:
         task = bar.add_task("extracting shards", total=total)
         for split, shards in sets.items():
             for shard in shards.shards:
                 read = 0
-                for key, files in _samples(shard.url, skips):
+                for key, files in tar_samples(shard.url, broken.setdefault, MAX_MEMBER_BYTES):
                     record = _record(key, files, split, tmp, count, f"{shard.url}:{key}", skips)
                     if record is not None:
                         manifest.write(json.dumps(record) + "\n")
                         count += 1
                     read += 1
                     bar.advance(task)
-                if shard.samples and read < shard.samples:  # a tar cut at a member boundary ends quietly
+                if shard.url in broken:  # one line for the shard, not a second for its missing samples
+                    skips.skip(shard.url, broken[shard.url])
+                elif shard.samples and read < shard.samples:  # a tar cut at a member boundary ends quietly
                     skips.skip(shard.url, f"{read} of {shard.samples} samples read (a truncated shard?)")
     kind = next((s.meta.get("kind") for s in sets.values() if s.meta.get("kind")), None)
     write_json(tmp / META_FILE, {"kind": kind, "extracted_from": sorted({s.source for s in sets.values()})})
@@ -171,28 +162,6 @@ def _extract(sets: dict[str, ShardSet], root: Path, skips: SkipLog) -> None:
         tmp.rename(root)
     except OSError:  # another process extracted the same shards first
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _samples(url: str, skips: SkipLog):
-    """(key, {extension: bytes}) for each sample of one tar, read as a stream (a sample's files
-    are consecutive members); an unreadable tar is skipped from where it breaks."""
-    key, files = None, {}
-    try:
-        with tarfile.open(url, "r|*") as tar:
-            for member in tar:
-                name, ext = key_and_extension(member.name)
-                if not member.isreg() or name is None:
-                    continue
-                if name != key and key is not None:
-                    yield key, files
-                    files = {}
-                key = name
-                files[ext.lower()] = None if member.size > MAX_MEMBER_BYTES else tar.extractfile(member).read()
-    except (OSError, tarfile.TarError, EOFError) as err:
-        skips.skip(url, f"unreadable shard ({err.__class__.__name__}: {err})")
-        key = None  # the sample the error cut off
-    if key is not None:
-        yield key, files
 
 
 def _record(key: str, files: dict, split: str, root: Path, n: int, where: str, skips: SkipLog) -> dict | None:
