@@ -97,9 +97,8 @@ def _count_samples(tar: Path) -> int | None:
         return int(json.loads(stats.read_text())["successes"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    failed: list[str] = []
-    keys = sum(1 for _ in tar_samples(str(tar), lambda url, why: failed.append(why), MAX_MEMBER_BYTES,
-                                      wanted=lambda name: False))
+    failed: dict[str, str] = {}
+    keys = sum(1 for _ in tar_samples(str(tar), failed.setdefault, MAX_MEMBER_BYTES, wanted=lambda name: False))
     return None if failed else keys
 
 
