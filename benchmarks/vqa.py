@@ -55,7 +55,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 per process on a shared machine)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-vqa"))
     ap.add_argument("--seed", type=int, default=0, help="model seed (the data is always the same)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to the end)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (warm-up, then cosine to the end; default: each preset's own)")
     ap.add_argument("--reuse", action="store_true", help="reuse every part whose OUT/PART/results.json exists")
     return ap.parse_args()
 

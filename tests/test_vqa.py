@@ -142,10 +142,11 @@ def test_lab_cli_writes_results_and_explain_writes_a_heat_map(soc, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "lab"
-    res = runner.invoke(app, ["lab", "vqa", "--data", str(soc), "--model", "xattn", "--time-budget", "2s",
-                              "--out", str(out), "--no-baselines"])
+    res = runner.invoke(app, ["lab", "vqa", "--data", str(soc), "--model", "xattn", "--model", "rn",
+                              "--time-budget", "2s", "--out", str(out), "--no-baselines"])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
+    assert results["models"]["rn"]["lr"] == 5e-4 and results["models"]["xattn"]["lr"] == 1e-3  # each preset's own
     clean = results["models"]["xattn"]["test"]["clean"]
     assert {"relational", "non-relational", "type/count"} <= set(clean)
     assert set(results["models"]["xattn"]["test"]) == {"clean", "image blanked", "image noised", "question masked"}

@@ -60,7 +60,7 @@ def vqa(
                                            help="Also train each model with this modality dropout and compare."),
     baselines: bool = typer.Option(True, help="Question-only and image-only baselines."),
     batch_images: int = typer.Option(8, min=1, help="Images per step (each with all its questions)."),
-    lr: float = typer.Option(1e-3),
+    lr: float | None = typer.Option(None, help="Peak learning rate (default: each model's preset's own)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     threads: int | None = typer.Option(None, min=1, help="Torch CPU threads (on a busy shared machine 1 can be "

@@ -37,7 +37,7 @@ class LabConfig:
     epochs: int | None = None  # train this many epochs instead (the same model on any machine, however busy)
     modality_dropout: float = 0.0  # also train each model with this modality dropout (0: don't)
     batch_images: int = 8
-    lr: float = 1e-3
+    lr: float | None = None  # peak learning rate (None: each model's preset's own)
     eval_every: float = 60.0
     val_images: int = 200  # validation images evaluated during training (the accuracy curve)
     baselines: bool = True  # question-only and image-only baselines
@@ -118,13 +118,13 @@ def run_lab(cfg: LabConfig) -> dict:
         model = create_vqa_model(fusion, vocab, answers)  # the same seed: the same initial encoders
         tcfg = VQATrainConfig(out=str(out / key), time_budget=None if by_epochs else budget,
                               epochs=cfg.epochs if by_epochs else 10_000,
-                              batch_images=cfg.batch_images, lr=cfg.lr, image_dropout=dropout,
+                              batch_images=cfg.batch_images, lr=cfg.lr or model.config.lr, image_dropout=dropout,
                               question_dropout=1.0 if name == "image-only" else dropout,
                               eval_every=cfg.eval_every, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
         started = time.perf_counter()
         history = train_vqa(model, train, tcfg, evaluate=lambda m: _headline(evaluate_vqa(m, val)["clean"]))
         conditions = ("question masked",) if name == "image-only" else CONDITIONS
-        entry = {"fusion": fusion, "modality_dropout": dropout, "train_seconds": history["seconds"],
+        entry = {"fusion": fusion, "modality_dropout": dropout, "lr": tcfg.lr, "train_seconds": history["seconds"],
                  "wall_seconds": round(time.perf_counter() - started, 1), "steps": history["steps"],
                  "questions_seen": history["questions_seen"],
                  "parameters": sum(p.numel() for p in model.parameters()), "curve": history["curve"],

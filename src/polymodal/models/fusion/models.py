@@ -36,6 +36,7 @@ class FusionConfig:
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
     rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
     relation_dim: int = 32  # rn: width of g's output
+    lr: float = 1e-3  # the peak learning rate this preset was tuned with (training's default)
 
     @classmethod
     def from_dict(cls, d: dict) -> FusionConfig:
