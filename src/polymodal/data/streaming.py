@@ -37,13 +37,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..modalities.image import resize_and_crop
 from ..modalities.image_files import decode_image_bytes
-from .formats.shards import MAX_MEMBER_BYTES, ShardSet, find_shards
+from .formats.shards import IMAGE_EXTENSIONS, MAX_MEMBER_BYTES, ShardSet, find_shards, sample_captions
 from .formats.tars import tar_samples
 from .kinds import DatasetKind, detect_kind
 from .pairs import Batch
 from .schema import DataError, Record, SkipLog
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TOKENIZER_SAMPLES = 200_000  # samples whose captions build a scratch text tower's tokenizer
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HEAD_RECORDS = 2000  # records read up front to detect the dataset kind (and what hard negatives may name)
@@ -219,15 +218,15 @@ def shard_captions(shards: ShardSet, limit: int = TOKENIZER_SAMPLES) -> Iterator
                for _, files in tar_samples(s.url, lambda url, why: None, MAX_MEMBER_BYTES,
                                            wanted=lambda name: name.endswith((".txt", ".json"))))
     for files in itertools.islice(samples, limit):
-        yield from _captions(files)
+        yield from sample_captions(files, _meta(files))
 
 
 def _usable(where: str, key: str, files: dict, skip: Callable[[str, str], None]) -> _Sample | None:
-    image_key = next((k for k in IMAGE_KEYS if files.get(k) is not None), None)
+    image_key = next((k for k in IMAGE_EXTENSIONS if files.get(k) is not None), None)
     meta = _meta(files)
-    captions = _captions(files, meta)
+    captions = sample_captions(files, meta)
     if image_key is None:
-        skip(where, "no image in the sample" if not any(k in files for k in IMAGE_KEYS)
+        skip(where, "no image in the sample" if not any(k in files for k in IMAGE_EXTENSIONS)
              else f"an image over {MAX_MEMBER_BYTES // 2**20} MiB")
         return None
     if not captions:
@@ -244,16 +243,6 @@ def _meta(files: dict) -> dict:
     except (ValueError, UnicodeDecodeError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def _captions(files: dict, meta: dict | None = None) -> list[str]:
-    """polymodal's JSON `text` (every caption), else img2dataset's `caption`, else the .txt member."""
-    meta = _meta(files) if meta is None else meta
-    text = meta.get("text") or meta.get("caption")
-    if text is None and files.get("txt") is not None:
-        text = files["txt"].decode("utf-8", errors="replace")
-    text = [text] if isinstance(text, str) else text if isinstance(text, list) else []
-    return [t.strip() for t in text if isinstance(t, str) and t.strip()]
 
 
 def _groups(samples, size: int, drop_last: bool) -> Iterator[list]:

@@ -26,6 +26,7 @@ from .tars import tar_samples
 
 INDEX = "shards.json"
 MAX_MEMBER_BYTES = 256 * 2**20  # a sample with a larger file is skipped unread
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # a sample's image member, the first found
 
 
 @dataclass
@@ -169,7 +170,7 @@ def _record(key: str, files: dict, split: str, root: Path, n: int, where: str, s
     if any(v is None for v in files.values()):
         skips.skip(where, f"a file over {MAX_MEMBER_BYTES // 2**20} MiB")
         return None
-    ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in files), None)
+    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
     if ext is None:
         skips.skip(where, "no image (png, jpg or webp)")
         return None
@@ -182,11 +183,17 @@ def _record(key: str, files: dict, split: str, root: Path, n: int, where: str, s
         skips.skip(where, "the JSON is not an object")
         return None
     if "text" not in record:  # img2dataset: the caption in its JSON, else in the .txt
-        caption = record.get("caption")
-        if isinstance(caption, str):
-            record["text"] = [caption]
-        elif "txt" in files:
-            record["text"] = [files["txt"].decode("utf-8", errors="replace")]
+        record["text"] = sample_captions(files, record)
     image = f"images/{n:09d}.{ext}"
     (root / image).write_bytes(files[ext])
     return {"id": key, **record, "split": record.get("split") or split, "image": image}
+
+
+def sample_captions(files: dict, meta: dict) -> list[str]:
+    """A sample's captions: polymodal's JSON `text` (every caption), else img2dataset's `caption`,
+    else the .txt member."""
+    text = meta.get("text") or meta.get("caption")
+    if text is None and files.get("txt") is not None:
+        text = files["txt"].decode("utf-8", errors="replace")
+    text = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+    return [t.strip() for t in text if isinstance(t, str) and t.strip()]

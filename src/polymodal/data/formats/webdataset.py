@@ -5,7 +5,6 @@ A converted dataset is a directory of `{split}-{n:06d}.tar` shards and `shards.j
 `{key}.txt` (the first caption) and `{key}.json` (the whole record: id, split, every caption,
 attributes, labels). Keys are sequence numbers: webdataset cuts a key at the first dot of a file
 name, so record ids (which may hold dots) live in the JSON instead.
-
 """
 
 from __future__ import annotations
