@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="model seed (the data is always the same)")
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate (warm-up, then cosine to the end; default: each preset's own)")
+    ap.add_argument("--batch-images", type=int, default=8, help="images per step, each with all its questions")
     ap.add_argument("--reuse", action="store_true", help="reuse every part whose OUT/PART/results.json exists")
     return ap.parse_args()
 
@@ -80,8 +81,8 @@ def run_part(part: str, args) -> dict:
     model = "xattn" if part in ("ternary", "dropout") else part
     budget = {"ternary": args.ternary_budget, "dropout": args.dropout_budget}.get(part, args.budget)
     cfg = LabConfig(data=str(data), out=str(args.out / part), models=[model], time_budget=budget,
-                    eval_every=max(30.0, budget / 15), seed=args.seed, lr=args.lr, baselines=part == "xattn",
-                    modality_dropout=args.dropout if part == "dropout" else 0.0)
+                    eval_every=max(30.0, budget / 15), seed=args.seed, lr=args.lr, batch_images=args.batch_images,
+                    baselines=part == "xattn", modality_dropout=args.dropout if part == "dropout" else 0.0)
     return run_lab(cfg)
 
 

@@ -136,7 +136,11 @@ class LateFusion(FusionModel):
 class EarlyFusion(FusionModel):
     """Image regions and question tokens in one sequence through one transformer (per question);
     the answer reads the mean of the question's tokens, which have attended to the regions (the
-    regions' own outputs, most of them background, would drown the question in a mean over all)."""
+    regions' own outputs, most of them background, would drown the question in a mean over all).
+
+    Two savings leave the function unchanged: the padding after the batch's longest question is
+    dropped, and the last layer runs only for the question's tokens, the only outputs read (the
+    regions still serve as its keys and values)."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
@@ -147,15 +151,29 @@ class EarlyFusion(FusionModel):
         self.norm = nn.LayerNorm(c.dim)
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
-        B, Q, L, D = q_tokens.shape
+        B, Q, _, D = q_tokens.shape
         N = regions.shape[1]
+        L = int((~q_pad).sum(-1).max())  # the longest question in the batch
+        q_tokens, q_pad = q_tokens[:, :, :L], q_pad[:, :, :L]
         img = (regions + self.modality[0]).unsqueeze(1).expand(-1, Q, -1, -1)  # (B, Q, N, D)
         seq = torch.cat([img, q_tokens + self.modality[1]], dim=2).reshape(B * Q, N + L, D)
         pad = torch.cat([torch.zeros(B, Q, N, dtype=torch.bool, device=seq.device), q_pad], dim=2)
-        x = self.norm(self.transformer(seq, src_key_padding_mask=pad.reshape(B * Q, N + L)))
-        words = x[:, N:].reshape(B, Q, L, D)
+        pad = pad.reshape(B * Q, N + L)
+        *layers, last = self.transformer.layers
+        for layer in layers:
+            seq = layer(seq, src_key_padding_mask=pad)
+        words = self.norm(_question_outputs(last, seq, pad, N)).reshape(B, Q, L, D)
         keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
         return (words * keep).sum(2) / keep.sum(2), None
+
+
+def _question_outputs(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, pad: torch.Tensor, n_regions: int):
+    """A pre-norm encoder layer's outputs (M, L, D) for the tokens after the first `n_regions` of
+    seq (M, N + L, D), which attend to the whole sequence (dropout is 0 in these models)."""
+    h = layer.norm1(seq)
+    words = seq[:, n_regions:]
+    words = words + layer.self_attn(h[:, n_regions:], h, h, key_padding_mask=pad, need_weights=False)[0]
+    return words + layer.linear2(layer.activation(layer.linear1(layer.norm2(words))))
 
 
 @FUSIONS.register("film")
