@@ -36,6 +36,7 @@ class FusionConfig:
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
     rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
     relation_dim: int = 32  # rn: width of g's output
+    distance_bias: bool = False  # early: each head's attention between regions falls with their squared distance
     lr: float = 1e-3  # the peak learning rate this preset was tuned with (training's default)
 
     @classmethod
@@ -149,6 +150,25 @@ class EarlyFusion(FusionModel):
         layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.dim)
+        if c.distance_bias:
+            if c.objects:
+                raise ValueError("early fusion's distance_bias needs the whole region grid (objects must be 0)")
+            # Per layer before the last and head: how fast attention between regions falls with their
+            # squared distance (coordinates in [-1, 1]); negative slopes favour far regions.
+            slopes = torch.tensor([0.0, 2.0, 8.0, -2.0]).repeat(-(-c.heads // 4))[: c.heads]
+            self.slopes = nn.Parameter(slopes.repeat(c.layers - 1, 1))  # (layers - 1, heads)
+            xy = self.image_encoder.coords[:, :2]  # (N, 2)
+            self.register_buffer("squared_distance", torch.cdist(xy, xy) ** 2, persistent=False)  # (N, N)
+
+    def region_bias(self, layer: int, batch: int, length: int) -> torch.Tensor | None:
+        """The additive attention mask (batch * heads, N + length, N + length) of a layer before the
+        last: -slope * squared distance between regions, 0 wherever a question token is involved."""
+        if not self.config.distance_bias:
+            return None
+        N, h = self.squared_distance.shape[0], self.config.heads
+        bias = self.squared_distance.new_zeros(h, N + length, N + length)
+        bias[:, :N, :N] = -self.slopes[layer][:, None, None] * self.squared_distance
+        return bias.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * h, N + length, N + length)
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
         B, Q, _, D = q_tokens.shape
@@ -159,9 +179,11 @@ class EarlyFusion(FusionModel):
         seq = torch.cat([img, q_tokens + self.modality[1]], dim=2).reshape(B * Q, N + L, D)
         pad = torch.cat([torch.zeros(B, Q, N, dtype=torch.bool, device=seq.device), q_pad], dim=2)
         pad = pad.reshape(B * Q, N + L)
+        if self.config.distance_bias:  # a float padding mask beside the float bias (torch wants one kind)
+            pad = torch.zeros(pad.shape, device=pad.device).masked_fill(pad, float("-inf"))
         *layers, last = self.transformer.layers
-        for layer in layers:
-            seq = layer(seq, src_key_padding_mask=pad)
+        for i, layer in enumerate(layers):
+            seq = layer(seq, src_mask=self.region_bias(i, B * Q, L), src_key_padding_mask=pad)
         words = self.norm(_question_outputs(last, seq, pad, N)).reshape(B, Q, L, D)
         keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
         return (words * keep).sum(2) / keep.sum(2), None
