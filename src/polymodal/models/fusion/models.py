@@ -36,7 +36,6 @@ class FusionConfig:
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
     rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
     relation_dim: int = 32  # rn: width of g's output
-    distance_bias: bool = False  # early: each head's attention between regions falls with their squared distance
     readout: str = "words"  # early: the answer reads the mean of the question's tokens, or "question": one
     # token that starts as the pooled question (after ViLT's pooled token, but question-led)
     lr: float = 1e-3  # the peak learning rate this preset was tuned with (training's default)
@@ -154,25 +153,6 @@ class EarlyFusion(FusionModel):
         layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.dim)
-        if c.distance_bias:
-            if c.objects:
-                raise ValueError("early fusion's distance_bias needs the whole region grid (objects must be 0)")
-            # Per layer before the last and head: how fast attention between regions falls with their
-            # squared distance (coordinates in [-1, 1]); negative slopes favour far regions.
-            slopes = torch.tensor([0.0, 2.0, 8.0, -2.0]).repeat(-(-c.heads // 4))[: c.heads]
-            self.slopes = nn.Parameter(slopes.repeat(c.layers - 1, 1))  # (layers - 1, heads)
-            xy = self.image_encoder.coords[:, :2]  # (N, 2)
-            self.register_buffer("squared_distance", torch.cdist(xy, xy) ** 2, persistent=False)  # (N, N)
-
-    def region_bias(self, layer: int, batch: int, length: int) -> torch.Tensor | None:
-        """The additive attention mask (batch * heads, N + length, N + length) of a layer before the
-        last: -slope * squared distance between regions, 0 wherever a question token is involved."""
-        if not self.config.distance_bias:
-            return None
-        N, h = self.squared_distance.shape[0], self.config.heads
-        bias = self.squared_distance.new_zeros(h, N + length, N + length)
-        bias[:, :N, :N] = -self.slopes[layer][:, None, None] * self.squared_distance
-        return bias.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * h, N + length, N + length)
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
         B, Q, _, D = q_tokens.shape
@@ -186,12 +166,9 @@ class EarlyFusion(FusionModel):
             pads.insert(1, torch.zeros_like(q_pad[:, :, :1]))
         seq = torch.cat(parts, dim=2).flatten(0, 1)  # (B*Q, N + T, D)
         pad = torch.cat(pads, dim=2).flatten(0, 1)  # (B*Q, N + T)
-        T = seq.shape[1] - N
-        if self.config.distance_bias:  # a float padding mask beside the float bias (torch wants one kind)
-            pad = torch.zeros(pad.shape, device=pad.device).masked_fill(pad, float("-inf"))
         *layers, last = self.transformer.layers
-        for i, layer in enumerate(layers):
-            seq = layer(seq, src_mask=self.region_bias(i, B * Q, T), src_key_padding_mask=pad)
+        for layer in layers:
+            seq = layer(seq, src_key_padding_mask=pad)
         if self.config.readout == "question":
             return self.norm(_outputs(last, seq, pad, N, N + 1)).reshape(B, Q, D), None
         words = self.norm(_outputs(last, seq, pad, N, N + L)).reshape(B, Q, L, D)
