@@ -112,6 +112,25 @@ def test_objects_are_the_cells_that_differ_from_the_background(soc):
         build_fusion_model(FusionConfig(fusion="rn", objects=101), 10, 8, 4)
 
 
+def test_early_fusion_savings_keep_the_plain_transformers_function():
+    """Dropping the padding after the longest question and running the last layer only where it is
+    read give what one transformer over the whole padded sequence gives."""
+    torch.manual_seed(0)
+    model = build_fusion_model(FusionConfig(fusion="early", pool=2), 30, 15, 10)
+    regions = torch.randn(3, 25, 64)  # (B, N, D)
+    ids = torch.randint(1, 30, (3, 4, 15))  # (B, Q, L), the longest question 9 tokens
+    ids[..., 9:] = 0
+    ids[0, 1, 5:] = 0
+    q_tokens, q_pooled, q_pad = model.question_encoder(ids)
+    fused, _ = model.fuse(regions, q_tokens, q_pooled, q_pad)  # (B, Q, D)
+    img = (regions + model.modality[0]).unsqueeze(1).expand(-1, 4, -1, -1)
+    seq = torch.cat([img, q_tokens + model.modality[1]], dim=2).flatten(0, 1)  # (B*Q, 25 + 15, D)
+    pad = torch.cat([torch.zeros(3, 4, 25, dtype=torch.bool), q_pad], dim=2).flatten(0, 1)
+    words = model.norm(model.transformer(seq, src_key_padding_mask=pad))[:, 25:].reshape(3, 4, 15, 64)
+    keep = (~q_pad).unsqueeze(-1).float()
+    assert torch.allclose(fused, (words * keep).sum(2) / keep.sum(2), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_short_training_beats_the_majority_answer(soc, tmp_path):
     from polymodal.evaluate.vqa import evaluate_vqa
