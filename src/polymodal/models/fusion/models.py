@@ -36,8 +36,6 @@ class FusionConfig:
     hidden: int = 256  # width of the MLPs (late, rn's g and f, answer head)
     rn_question: str = "first"  # rn: where the question enters g ("first": the paper; "last": FiLM on g's output)
     relation_dim: int = 32  # rn: width of g's output
-    readout: str = "words"  # early: the answer reads the mean of the question's tokens, or "question": one
-    # token that starts as the pooled question (after ViLT's pooled token, but question-led)
     lr: float = 1e-3  # the peak learning rate this preset was tuned with (training's default)
 
     @classmethod
@@ -147,9 +145,7 @@ class EarlyFusion(FusionModel):
     def __init__(self, config, *args):
         super().__init__(config, *args)
         c = config
-        if c.readout not in ("words", "question"):
-            raise ValueError(f"early fusion's readout must be 'words' or 'question', not '{c.readout}'")
-        self.modality = nn.Parameter(torch.zeros(3 if c.readout == "question" else 2, c.dim))  # regions, words, summary
+        self.modality = nn.Parameter(torch.zeros(2, c.dim))
         layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.dim)
@@ -160,29 +156,24 @@ class EarlyFusion(FusionModel):
         L = int((~q_pad).sum(-1).max())  # the longest question in the batch
         q_tokens, q_pad = q_tokens[:, :, :L], q_pad[:, :, :L]
         img = (regions + self.modality[0]).unsqueeze(1).expand(-1, Q, -1, -1)  # (B, Q, N, D)
-        parts, pads = [img, q_tokens + self.modality[1]], [torch.zeros_like(q_pad[:, :, :1]).expand(-1, -1, N), q_pad]
-        if self.config.readout == "question":  # the summary token goes between the regions and the words
-            parts.insert(1, (q_pooled + self.modality[2]).unsqueeze(2))  # (B, Q, 1, D)
-            pads.insert(1, torch.zeros_like(q_pad[:, :, :1]))
-        seq = torch.cat(parts, dim=2).flatten(0, 1)  # (B*Q, N + T, D)
-        pad = torch.cat(pads, dim=2).flatten(0, 1)  # (B*Q, N + T)
+        seq = torch.cat([img, q_tokens + self.modality[1]], dim=2).reshape(B * Q, N + L, D)
+        pad = torch.cat([torch.zeros(B, Q, N, dtype=torch.bool, device=seq.device), q_pad], dim=2)
+        pad = pad.reshape(B * Q, N + L)
         *layers, last = self.transformer.layers
         for layer in layers:
             seq = layer(seq, src_key_padding_mask=pad)
-        if self.config.readout == "question":
-            return self.norm(_outputs(last, seq, pad, N, N + 1)).reshape(B, Q, D), None
-        words = self.norm(_outputs(last, seq, pad, N, N + L)).reshape(B, Q, L, D)
+        words = self.norm(_question_outputs(last, seq, pad, N)).reshape(B, Q, L, D)
         keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
         return (words * keep).sum(2) / keep.sum(2), None
 
 
-def _outputs(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, pad: torch.Tensor, start: int, stop: int):
-    """A pre-norm encoder layer's outputs (M, stop - start, D) for the tokens start:stop of seq
-    (M, S, D), which attend to the whole sequence (dropout is 0 in these models)."""
+def _question_outputs(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, pad: torch.Tensor, n_regions: int):
+    """A pre-norm encoder layer's outputs (M, L, D) for the tokens after the first `n_regions` of
+    seq (M, N + L, D), which attend to the whole sequence (dropout is 0 in these models)."""
     h = layer.norm1(seq)
-    x = seq[:, start:stop]
-    x = x + layer.self_attn(h[:, start:stop], h, h, key_padding_mask=pad, need_weights=False)[0]
-    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+    words = seq[:, n_regions:]
+    words = words + layer.self_attn(h[:, n_regions:], h, h, key_padding_mask=pad, need_weights=False)[0]
+    return words + layer.linear2(layer.activation(layer.linear1(layer.norm2(words))))
 
 
 @FUSIONS.register("film")
