@@ -1,6 +1,7 @@
 """The fusion lab's targets on Sort-of-CLEVR (issues 5 and 15), in one run.
 
     python benchmarks/vqa.py [--budget 1800] [--parts xattn,rn,film,early,late,ternary] [--threads 1]
+                             [--lr LR] [--batch-images 8]
                              [--out runs/bench-vqa] [--reuse]
 
 It generates Sort-of-CLEVR as the generator's default draws it (each image a random rendering
