@@ -95,7 +95,7 @@ def fewshot_digits(
 
 def federated_cmd(
     data: Path = typer.Argument(..., help="Image-caption dataset: its train split is shared out, test scores."),
-    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    strategy: str = typer.Option("fedavg", help="Flower strategy: fedavg, fedprox, fedavgm or fedadam."),
     model: str = typer.Option("shapes-cnn-tiny", help="Architecture preset of the aligned model."),
     clients: int = typer.Option(8, min=1),
     rounds: int = typer.Option(10, min=1),
@@ -111,7 +111,7 @@ def federated_cmd(
     seed: int = typer.Option(0),
     json_out: Path | None = typer.Option(None, "--json", help="Write the histories and metrics as JSON here."),
 ):
-    """Federated training of an aligned model (FedAvg / FedProx, simulated) against centralised training."""
+    """Federated training of an aligned model on Flower's simulation engine against centralised training."""
     from .federated_shapes import FederatedConfig, run_federated
 
     if partition not in ("iid", "label-skew"):

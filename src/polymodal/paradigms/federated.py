@@ -1,14 +1,8 @@
-"""Federated training of an aligned model: FedAvg and FedProx clients, strategies (with FedAvgM and
-FedAdam, which apply server momentum or Adam to the mean update) and a simulation
-driver over rounds.
-
-Written by hand rather than on Flower (`flwr`), which the issue names: flwr 1.42 cannot be
-installed beside polymodal's locked dependencies (it pins typer<0.21, rich<15, protobuf<7,
-packaging<26, fastapi 0.138 / starlette 1.3 and ray==2.55.1 for its simulation engine; polymodal
-has typer 0.29, rich 15, protobuf 7, fastapi 0.165 and ray 2.60). The shape follows Flower's so the
-code reads the same and could move onto it: a client's `fit(parameters, config)` returns
-`(parameters, num_examples, metrics)`, a strategy's `aggregate_fit(round, results)` returns the
-new global parameters, and `run_simulation` drives rounds over clients made by `client_fn(cid)`.
+"""Federated training of an aligned model on Flower (`flwr`): the client side. `AlignedClient`
+trains the shared model on one client's data; `client_app` wraps clients in a Flower `ClientApp`
+that answers the server's train messages (Flower's Message API: an `ArrayRecord` of the global
+state and a `ConfigRecord` in, the trained state and a `MetricRecord` out). The strategies and the
+simulation driver are in `federated_server.py`.
 
 Clients hold different modality mixes; each trains what its data can teach:
 - "pairs": image-caption pairs, CLIP's symmetric InfoNCE (both towers and the temperature);
@@ -19,26 +13,32 @@ Clients hold different modality mixes; each trains what its data can teach:
   supervised form), through the text tower and its projection.
 A one-modality client's loss keeps its tower's embeddings discriminative without moving the other
 tower, and the strategy averages each parameter only over the clients that trained it (a client
-reports the towers it trained in `metrics["towers"]`), so an image-only client does not pull the
-text tower back towards the last round's weights.
+reports the towers it trained as 0/1 metrics `trained-image`, `trained-text`, `trained-pairs`), so
+an image-only client does not pull the text tower back towards the last round's weights.
+
+What a client keeps between rounds lives where Flower keeps it, in the node's `Context.state`
+(with `keep_optimizer`: AdamW's moments); its batches are drawn from a generator seeded by
+(seed, client, round), so a client needs no other memory across rounds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from torchvision.transforms import v2
 
 from ..losses import clip_loss
 from ..train.optim import build_optimizer, clip_and_step, lr_at, set_lr
-from ..utils import progress_bar
 
 Parameters = list[np.ndarray]
 MODES = ("pairs", "image", "text")
+TOWERS = ("image", "text", "pairs")
 SSL_TEMPERATURE = 0.1  # SimCLR's temperature for the one-modality losses
 
 
@@ -83,22 +83,28 @@ class ClientData:
 
 
 class AlignedClient:
-    """Trains the shared model on one client's data for `config["local_steps"]` steps. With
-    `config["mu"] > 0` the loss gets FedProx's proximal term mu/2 * ||w - w_global||^2."""
+    """Trains the shared model on one client's data for `config["local_steps"]` steps. With a
+    proximal weight mu > 0 (`config["proximal-mu"]`, Flower's FedProx key, or `config["mu"]`) the loss
+    gets FedProx's proximal term mu/2 * ||w - w_global||^2."""
 
     def __init__(self, cid: str, model: torch.nn.Module, data: ClientData, batch_size: int = 64, seed: int = 0):
-        self.cid, self.model, self.data = cid, model, data
+        self.cid, self.model, self.data, self.seed = cid, model, data, seed
         self.batch_size = min(batch_size, len(data))
-        self.rng = np.random.default_rng([seed, int(cid) if cid.isdigit() else len(cid)])
+        self.rng = np.random.default_rng([seed, self.number])
         self.augment = v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.85, 1.15))
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def number(self) -> int:
+        return int(self.cid) if self.cid.isdigit() else len(self.cid)
 
     def fit(self, parameters: Parameters, config: dict) -> tuple[Parameters, int, dict]:
         set_parameters(self.model, parameters)  # in place: a kept optimizer still holds these tensors
         global_weights = [p.detach().clone() for p in self.model.parameters()]
         optimizer = self.optimizer_for(config)
         self.model.train()
-        steps, mu, losses = config["local_steps"], config.get("mu", 0.0), []
+        self.rng = np.random.default_rng([self.seed, self.number, config["round"]])  # no state across rounds
+        steps, mu, losses = config["local_steps"], config.get("proximal-mu", config.get("mu", 0.0)), []
         for s in range(steps):
             # The cosine schedule runs over the whole federation (rounds x local steps).
             set_lr(optimizer, lr_at((config["round"] * steps + s) / (config["rounds"] * steps), config["lr"],
@@ -110,8 +116,9 @@ class AlignedClient:
             loss.backward()
             clip_and_step(self.model, optimizer, 1.0)
             losses.append(loss.item())
-        towers = ",".join(["image", "text", "pairs"] if self.data.mode == "pairs" else [self.data.mode])
-        return get_parameters(self.model), len(self.data), {"loss": float(np.mean(losses)), "towers": towers}
+        trained = TOWERS if self.data.mode == "pairs" else (self.data.mode,)
+        metrics = {"loss": float(np.mean(losses)), **{f"trained-{t}": float(t in trained) for t in TOWERS}}
+        return get_parameters(self.model), len(self.data), metrics
 
     def optimizer_for(self, config: dict) -> torch.optim.Optimizer:
         """A fresh AdamW each round, or with `config["keep_optimizer"]` this client's own, whose moments
@@ -143,121 +150,45 @@ def proximal_term(model: torch.nn.Module, global_weights: Sequence[torch.Tensor]
     return sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_weights) if p.requires_grad)
 
 
-# -- the strategies -----------------------------------------------------------------------------
+# -- the Flower ClientApp -----------------------------------------------------------------------
 
 
-@dataclass
-class FitResult:
-    parameters: Parameters
-    num_examples: int
-    metrics: dict
+def client_app(make_client: Callable[[int], AlignedClient]) -> ClientApp:
+    """A Flower `ClientApp` whose train handler fits `make_client(partition_id)` to the global state.
+
+    `make_client` travels to the simulation's workers (Ray actors) with every message, so it should
+    be small and picklable and load its data there (see `federated_shapes.ShapesClients`)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        client = make_client(int(context.node_config["partition-id"]))
+        config = dict(msg.content["config"])
+        config["round"] = int(config["server-round"]) - 1  # Flower counts rounds from 1
+        if config.get("keep_optimizer") and "optimizer" in context.state:
+            client.optimizer = restore_optimizer(client, config, context.state["optimizer"])
+        parameters, n, metrics = client.fit(msg.content["arrays"].to_numpy_ndarrays(), config)
+        if config.get("keep_optimizer"):
+            context.state["optimizer"] = optimizer_record(client.optimizer)
+        names = msg.content["arrays"].keys()
+        reply = RecordDict({"arrays": ArrayRecord(dict(zip(names, map(torch.from_numpy, parameters)))),
+                            "metrics": MetricRecord({**metrics, "num-examples": n})})
+        return Message(reply, reply_to=msg)
+
+    return app
 
 
-class FedAvg:
-    """McMahan et al. (2017): the global model is the mean of the clients' models weighted by
-    their example counts; each state entry is averaged over the clients that trained its tower."""
-
-    mu = 0.0  # no proximal term
-
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, keep_optimizer: bool = False):
-        self.names, self.local_steps, self.lr, self.keep_optimizer = list(names), local_steps, lr, keep_optimizer
-
-    def configure_fit(self, server_round: int, rounds: int) -> dict:
-        return {"round": server_round, "rounds": rounds, "local_steps": self.local_steps, "lr": self.lr,
-                "mu": self.mu, "keep_optimizer": self.keep_optimizer}
-
-    def aggregate_fit(self, server_round: int, results: Sequence[FitResult], current: Parameters) -> Parameters:
-        out = []
-        for i, name in enumerate(self.names):
-            tower = tower_of(name)
-            mine = [r for r in results if tower in r.metrics.get("towers", "image,text,pairs").split(",")]
-            if not mine:  # no client trained it this round: it stays
-                out.append(current[i])
-                continue
-            weights = np.array([r.num_examples for r in mine], dtype=np.float64)
-            mean = sum(w * r.parameters[i].astype(np.float64) for w, r in zip(weights / weights.sum(), mine))
-            if current[i].dtype.kind == "f" and "running_" not in name:  # weights, not BatchNorm statistics
-                mean = self.server_step(i, current[i].astype(np.float64), mean)
-            out.append(np.asarray(np.rint(mean) if current[i].dtype.kind in "iu" else mean, dtype=current[i].dtype))
-        return out
-
-    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        """The new value of entry i from its current value and the clients' mean: FedAvg takes the mean."""
-        return mean
+def optimizer_record(optimizer: torch.optim.Optimizer) -> ArrayRecord:
+    """AdamW's per-parameter state (step, moments) as one flat ArrayRecord, for `Context.state`."""
+    state = optimizer.state_dict()["state"]
+    return ArrayRecord({f"{i}.{k}": torch.as_tensor(v) for i, s in state.items() for k, v in s.items()})
 
 
-class FedProx(FedAvg):
-    """Li et al. (2020): FedAvg whose clients add mu/2 * ||w - w_global||^2 to their loss, which
-    keeps each client's drift on its skewed data in check."""
-
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, mu: float = 0.01, **kw):
-        super().__init__(names, local_steps, lr, **kw)
-        self.mu = mu
-
-
-class FedAvgM(FedAvg):
-    """Hsu et al. (2019): the server treats mean - current as a step and applies it with momentum,
-    v = beta v + delta, w += server_lr v, which smooths the clients' skewed, changing directions.
-    beta 0 and server_lr 1 is FedAvg."""
-
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, beta: float = 0.5,
-                 server_lr: float = 1.0, **kw):
-        super().__init__(names, local_steps, lr, **kw)
-        self.beta, self.server_lr, self.velocity = beta, server_lr, {}
-
-    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        self.velocity[i] = self.beta * self.velocity.get(i, 0.0) + (mean - current)
-        return current + self.server_lr * self.velocity[i]
-
-
-class FedAdam(FedAvg):
-    """Reddi et al. (2021): the server applies Adam to the pseudo-gradient mean - current, so each
-    weight moves by about server_lr a round whatever the clients' scale (tau: Adam's epsilon)."""
-
-    def __init__(self, names: Sequence[str], local_steps: int = 10, lr: float = 2e-3, server_lr: float = 1e-2,
-                 betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3, **kw):
-        super().__init__(names, local_steps, lr, **kw)
-        self.server_lr, self.betas, self.tau, self.moments = server_lr, betas, tau, {}
-
-    def server_step(self, i: int, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        delta, (b1, b2) = mean - current, self.betas
-        m, v = self.moments.get(i, (0.0, 0.0))
-        m, v = b1 * m + (1 - b1) * delta, b2 * v + (1 - b2) * delta**2
-        self.moments[i] = (m, v)
-        return current + self.server_lr * m / (np.sqrt(v) + self.tau)
-
-
-STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
-
-
-# -- the simulation driver ----------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    """Per round: the clients' mean training loss and whatever `evaluate_fn` measured."""
-
-    rounds: list[dict] = field(default_factory=list)
-
-
-def run_simulation(client_fn: Callable[[str], AlignedClient], num_clients: int, initial: Parameters,
-                   strategy: FedAvg, rounds: int, evaluate_fn: Callable[[int, Parameters], dict] | None = None,
-                   progress: bool = True) -> tuple[Parameters, History]:
-    """Every client trains in every round, one after another (what Flower's simulation engine does
-    on one process); the strategy aggregates; `evaluate_fn(round, parameters)` scores the result."""
-    parameters, history = initial, History()
-    with progress_bar(progress) as bar:
-        task = bar.add_task("federated rounds", total=rounds * num_clients)
-        for r in range(rounds):
-            config = strategy.configure_fit(r, rounds)
-            results = []
-            for cid in range(num_clients):
-                results.append(FitResult(*client_fn(str(cid)).fit(parameters, config)))
-                bar.advance(task)
-            parameters = strategy.aggregate_fit(r, results, parameters)
-            row = {"round": r + 1, "loss": float(np.mean([x.metrics["loss"] for x in results]))}
-            if evaluate_fn is not None:
-                row.update(evaluate_fn(r + 1, parameters))
-            history.rounds.append(row)
-            bar.update(task, description=f"round {r + 1}/{rounds} loss {row['loss']:.3f}")
-    return parameters, history
+def restore_optimizer(client: AlignedClient, config: dict, record: ArrayRecord) -> torch.optim.Optimizer:
+    optimizer = build_optimizer(client.model, config["lr"], config.get("weight_decay", 0.1))
+    state: dict[int, dict] = {}
+    for key, value in record.to_torch_state_dict().items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return optimizer

@@ -8,15 +8,21 @@ round as one client takes: equal data, equal rounds, equal sequential steps, equ
 and the same learning-rate schedule (FedAvg on IID data with one local step is
 exactly this). The tokenizer is built once from every training caption (a shared vocabulary, as
 federated language models assume).
+
+Both run on Flower's simulation engine (`federated_server.run_simulation`). The clients' data does
+not travel with the messages: each simulation worker loads the training split once from the dataset
+directory (`ShapesClients`, cached per process as Flower's examples cache their partitions) and
+takes its client's rows by the node's `partition-id`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
 from ..data.formats import load_records
 from ..data.pairs import ImageTextPairs
@@ -26,7 +32,8 @@ from ..evaluate.run import caption_table
 from ..evaluate.zeroshot import attribute_zero_shot
 from ..models.factory import create_model
 from ..utils import seed_everything
-from .federated import MODES, STRATEGIES, AlignedClient, ClientData, get_parameters, run_simulation, set_parameters
+from .federated import MODES, AlignedClient, ClientData, client_app
+from .federated_server import STRATEGIES, make_strategy, run_simulation
 
 
 @dataclass
@@ -98,8 +105,8 @@ class Evaluator:
         self.texts, self.owner = caption_table(pairs.records)
         self.task = pairs.kind.attribute_task(pairs.records)
 
-    def __call__(self, server_round: int, parameters) -> dict:
-        set_parameters(self.model, parameters)
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> dict:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
         image_emb = self.model.encode_image(self.pairs.images)  # (N, E)
         text_emb = self.model.encode_text(self.texts)  # (C, E)
         r = retrieval_metrics(image_emb, text_emb, self.owner, self.pairs.records, self.pairs.kind)
@@ -110,14 +117,42 @@ class Evaluator:
         return out
 
 
-def load_splits(cfg: FederatedConfig, image_size: int):
-    data = load_records(cfg.data)
-    train, test = data.split("train"), data.split("test")
-    if not len(train) or not len(test):
-        raise DataError(f"{cfg.data}: needs a 'train' and a 'test' split (has {', '.join(data.splits) or 'none'})")
-    train.records, test.records = train.records[:cfg.train_limit], test.records[:cfg.test_limit]
-    return (ImageTextPairs(train, image_size, progress=cfg.progress),
-            ImageTextPairs(test, image_size, progress=cfg.progress))
+def load_split(data: str, split: str, limit: int | None, image_size: int, progress: bool) -> ImageTextPairs:
+    records = load_records(data).split(split)
+    if not len(records):
+        raise DataError(f"{data}: needs a 'train' and a 'test' split (has no '{split}')")
+    records.records = records.records[:limit]
+    return ImageTextPairs(records, image_size, progress=progress)
+
+
+_LOADED: dict[tuple, tuple] = {}  # this process's (model, training pairs), by ShapesClients.source
+
+
+@dataclass
+class ShapesClients:
+    """Makes client `i` of a federation inside a simulation worker: small and picklable (it travels
+    with every message); the training split and a model are loaded once per worker process."""
+
+    data: str
+    model: str
+    train_limit: int | None
+    image_size: int
+    shares: list[np.ndarray]  # each client's training rows
+    modes: list[str]
+    batch_size: int
+    seed: int
+
+    @property
+    def source(self) -> tuple:
+        return self.data, self.model, self.train_limit, self.image_size
+
+    def __call__(self, i: int) -> AlignedClient:
+        if self.source not in _LOADED:
+            train = load_split(self.data, "train", self.train_limit, self.image_size, progress=False)
+            _LOADED[self.source] = create_model(self.model, texts=(t for r in train.records for t in r.text)), train
+        model, train = _LOADED[self.source]
+        return AlignedClient(str(i), model, client_data(train, self.shares[i], self.modes[i]), self.batch_size,
+                             self.seed)
 
 
 def run_federated(cfg: FederatedConfig, centralised: bool = True) -> dict:
@@ -127,30 +162,29 @@ def run_federated(cfg: FederatedConfig, centralised: bool = True) -> dict:
         raise ValueError(f"unknown strategy '{cfg.strategy}' ({', '.join(STRATEGIES)})")
     modes = client_modes(cfg.modalities, cfg.clients)
     seed_everything(cfg.seed)
-    probe = create_model(cfg.model, texts=["a"])  # for the image size only
-    train, test = load_splits(cfg, probe.config.image.image_size)
+    image_size = create_model(cfg.model, texts=["a"]).config.image.image_size
+    train = load_split(cfg.data, "train", cfg.train_limit, image_size, cfg.progress)
+    test = load_split(cfg.data, "test", cfg.test_limit, image_size, cfg.progress)
     model = create_model(cfg.model, texts=(t for r in train.records for t in r.text))
-    model.eval()  # encode_image restores the mode it finds; clients switch to train mode themselves
-    initial = get_parameters(model)
+    model.eval()  # encode_image restores the mode it finds
+    initial = ArrayRecord(model.state_dict())
     labels = np.array([item_label(r, cfg.label) for r in train.records])
     shares = partition(labels, cfg.clients, cfg.partition, cfg.seed)
     if min(len(s) for s in shares) < 2:
         raise DataError(f"{cfg.data}: {len(train)} training items are too few for {cfg.clients} clients")
-    clients = [AlignedClient(str(i), model, client_data(train, rows, mode), cfg.batch_size, cfg.seed)
-               for i, (rows, mode) in enumerate(zip(shares, modes))]
+    clients = ShapesClients(cfg.data, cfg.model, cfg.train_limit, image_size, shares, modes, cfg.batch_size, cfg.seed)
     evaluate = Evaluator(model, test)
-    names = list(model.state_dict())
     out = {"config": asdict(cfg), "clients": [{"mode": m, "items": len(s), "classes": int(len(set(labels[s])))}
                                               for m, s in zip(modes, shares)]}
-    strategy = STRATEGIES[cfg.strategy](names, cfg.local_steps, cfg.lr, **strategy_options(cfg))
-    out["federated"] = _timed(lambda: run_simulation(lambda cid: clients[int(cid)], cfg.clients, initial, strategy,
-                                                     cfg.rounds, evaluate, cfg.progress))
+    config = {"rounds": cfg.rounds, "local_steps": cfg.local_steps, "lr": cfg.lr, "keep_optimizer": cfg.keep_optimizer}
+    strategy = make_strategy(cfg.strategy, cfg.clients, **strategy_options(cfg))
+    out["federated"] = _timed(lambda: run_simulation(client_app(clients), cfg.clients, initial, strategy, cfg.rounds,
+                                                     config, evaluate, cfg.progress))
     if centralised:
-        everyone = AlignedClient("0", model, client_data(train, np.arange(len(train)), "pairs"),
-                                 cfg.batch_size * cfg.clients, cfg.seed)
-        central = STRATEGIES["fedavg"](names, cfg.local_steps, cfg.lr, keep_optimizer=cfg.keep_optimizer)
-        out["centralised"] = _timed(lambda: run_simulation(lambda cid: everyone, 1, initial, central, cfg.rounds,
-                                                           evaluate, cfg.progress))
+        everyone = replace(clients, shares=[np.arange(len(train))], modes=["pairs"],
+                           batch_size=cfg.batch_size * cfg.clients)
+        out["centralised"] = _timed(lambda: run_simulation(client_app(everyone), 1, initial, make_strategy("fedavg", 1),
+                                                           cfg.rounds, config, evaluate, cfg.progress))
         fed, cen = out["federated"]["final"], out["centralised"]["final"]
         out["ratio_t2i_R@1"] = fed["t2i_R@1"] / max(cen["t2i_R@1"], 1e-9)
         out["ratio_i2t_R@1"] = fed["i2t_R@1"] / max(cen["i2t_R@1"], 1e-9)
@@ -158,14 +192,15 @@ def run_federated(cfg: FederatedConfig, centralised: bool = True) -> dict:
 
 
 def strategy_options(cfg: FederatedConfig) -> dict:
-    """The chosen strategy's own settings from the config."""
-    options = {"keep_optimizer": cfg.keep_optimizer}
+    """The chosen strategy's own settings from the config, under Flower's names."""
+    options = {}
     if cfg.strategy == "fedprox":
-        options["mu"] = cfg.mu
+        options["proximal_mu"] = cfg.mu
     if cfg.strategy == "fedavgm":
-        options["beta"] = cfg.server_momentum
-    if cfg.strategy in ("fedavgm", "fedadam") and cfg.server_lr is not None:
-        options["server_lr"] = cfg.server_lr
+        options["server_momentum"] = cfg.server_momentum
+        options["server_learning_rate"] = 1.0 if cfg.server_lr is None else cfg.server_lr
+    if cfg.strategy == "fedadam":
+        options["eta"] = 1e-2 if cfg.server_lr is None else cfg.server_lr
     return options
 
 
