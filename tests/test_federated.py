@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flower
 
 from polymodal.data import load_records
 from polymodal.data.pairs import ImageTextPairs
@@ -116,8 +117,6 @@ def test_fedadam_moves_each_weight_about_the_server_lr():
 
 
 def test_the_strategies_are_flowers():
-    from flwr.serverapp import strategy as flower
-
     for name, ours, theirs in (("fedavg", FedAvg, flower.FedAvg), ("fedprox", FedProx, flower.FedProx),
                                ("fedavgm", FedAvgM, flower.FedAvgM), ("fedadam", FedAdam, flower.FedAdam)):
         assert isinstance(make_strategy(name, 2), ours) and issubclass(ours, theirs)
