@@ -13,7 +13,7 @@ from polymodal.data import load_records
 from polymodal.data.pairs import ImageTextPairs
 from polymodal.models.factory import create_model
 from polymodal.paradigms.federated import (
-    TOWERS,
+    MODES,
     AlignedClient,
     ClientData,
     client_app,
@@ -27,9 +27,9 @@ from polymodal.paradigms.federated_shapes import Evaluator, FederatedConfig, par
 torch.set_num_threads(1)
 
 
-def _reply(arrays: dict, n: int, towers=TOWERS) -> RecordDict:
+def _reply(arrays: dict, n: int, towers=MODES) -> RecordDict:
     """The content of a client's train reply, as Flower delivers it to the strategy."""
-    metrics = MetricRecord({"loss": 1.0, "num-examples": n, **{f"trained-{t}": float(t in towers) for t in TOWERS}})
+    metrics = MetricRecord({"loss": 1.0, "num-examples": n, **{f"trained-{t}": float(t in towers) for t in MODES}})
     record = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
     return RecordDict({"arrays": record, "metrics": metrics})
 
@@ -162,7 +162,7 @@ def test_fedprox_pulls_towards_the_global_model(shapes_pairs):
         torch.manual_seed(0)
         client = AlignedClient("0", model, data, batch_size=32, seed=0)
         params, n, metrics = client.fit(start, {**config, "proximal-mu": mu})
-        assert n == len(data) and all(metrics[f"trained-{t}"] == 1.0 for t in TOWERS)
+        assert n == len(data) and all(metrics[f"trained-{t}"] == 1.0 for t in MODES)
         drift[mu] = sum(float(((p - s) ** 2).sum()) for p, s, (name, _) in
                         zip(params, start, model.state_dict().items()) if "running" not in name and p.dtype.kind == "f")
     assert 0 < drift[5.0] < 0.7 * drift[0.0]

@@ -37,8 +37,7 @@ from ..losses import clip_loss
 from ..train.optim import build_optimizer, clip_and_step, lr_at, set_lr
 
 Parameters = list[np.ndarray]
-MODES = ("pairs", "image", "text")
-TOWERS = ("image", "text", "pairs")
+MODES = ("pairs", "image", "text")  # what a client holds; mode M trains the parts `tower_of` calls M
 SSL_TEMPERATURE = 0.1  # SimCLR's temperature for the one-modality losses
 
 
@@ -116,8 +115,8 @@ class AlignedClient:
             loss.backward()
             clip_and_step(self.model, optimizer, 1.0)
             losses.append(loss.item())
-        trained = TOWERS if self.data.mode == "pairs" else (self.data.mode,)
-        metrics = {"loss": float(np.mean(losses)), **{f"trained-{t}": float(t in trained) for t in TOWERS}}
+        trained = MODES if self.data.mode == "pairs" else (self.data.mode,)
+        metrics = {"loss": float(np.mean(losses)), **{f"trained-{t}": float(t in trained) for t in MODES}}
         return get_parameters(self.model), len(self.data), metrics
 
     def optimizer_for(self, config: dict) -> torch.optim.Optimizer:
