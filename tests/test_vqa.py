@@ -112,9 +112,10 @@ def test_objects_are_the_cells_that_differ_from_the_background(soc):
         build_fusion_model(FusionConfig(fusion="rn", objects=101), 10, 8, 4)
 
 
-def test_early_fusion_savings_keep_the_plain_transformers_function():
-    """Dropping the padding after the longest question and running the last layer only where it is
-    read give what one transformer over the whole padded sequence gives."""
+def test_early_fusion_is_one_transformer_over_the_image_prefix_and_the_question():
+    """Sharing the image's keys and values among its questions and dropping the padding after the
+    longest question give what the plain transformer layers give over each whole padded sequence
+    [image; question], with the image's tokens put back unchanged before every layer."""
     torch.manual_seed(0)
     model = build_fusion_model(FusionConfig(fusion="early", pool=2), 30, 15, 10)
     regions = torch.randn(3, 25, 64)  # (B, N, D)
@@ -123,10 +124,12 @@ def test_early_fusion_savings_keep_the_plain_transformers_function():
     ids[0, 1, 5:] = 0
     q_tokens, q_pooled, q_pad = model.question_encoder(ids)
     fused, _ = model.fuse(regions, q_tokens, q_pooled, q_pad)  # (B, Q, D)
-    img = (regions + model.modality[0]).unsqueeze(1).expand(-1, 4, -1, -1)
-    seq = torch.cat([img, q_tokens + model.modality[1]], dim=2).flatten(0, 1)  # (B*Q, 25 + 15, D)
+    image = (regions + model.modality[0]).unsqueeze(1).expand(-1, 4, -1, -1).flatten(0, 1)  # (B*Q, 25, D)
+    words = (q_tokens + model.modality[1]).flatten(0, 1)  # (B*Q, 15, D)
     pad = torch.cat([torch.zeros(3, 4, 25, dtype=torch.bool), q_pad], dim=2).flatten(0, 1)
-    words = model.norm(model.transformer(seq, src_key_padding_mask=pad))[:, 25:].reshape(3, 4, 15, 64)
+    for layer in model.transformer.layers:
+        words = layer(torch.cat([image, words], dim=1), src_key_padding_mask=pad)[:, 25:]
+    words = model.norm(words).reshape(3, 4, 15, 64)
     keep = (~q_pad).unsqueeze(-1).float()
     assert torch.allclose(fused, (words * keep).sum(2) / keep.sum(2), atol=1e-5)
 

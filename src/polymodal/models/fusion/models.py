@@ -134,13 +134,15 @@ class LateFusion(FusionModel):
 
 @FUSIONS.register("early")
 class EarlyFusion(FusionModel):
-    """Image regions and question tokens in one sequence through one transformer (per question);
-    the answer reads the mean of the question's tokens, which have attended to the regions (the
-    regions' own outputs, most of them background, would drown the question in a mean over all).
+    """Image regions and question tokens in one sequence through one transformer (per question),
+    the image as a prefix: the question's tokens attend, in one softmax through the same weights,
+    to the regions and to each other, while the regions stay what the image encoder made them (as
+    image tokens stay fixed in a prefix cache), so their keys and values are computed once per
+    image and layer. The answer reads the mean of the question's tokens.
 
-    Two savings leave the function unchanged: the padding after the batch's longest question is
-    dropped, and the last layer runs only for the question's tokens, the only outputs read (the
-    regions still serve as its keys and values)."""
+    Letting the regions attend too (to each other and to the question, once per question) made
+    every run slower and less steady: 80-93 % relational after 30 minutes on the 5x5 grid, where
+    the fixed prefix on the 10x10 grid was at 94 % after 10 (benchmarks/README.md, early 2-22)."""
 
     def __init__(self, config, *args):
         super().__init__(config, *args)
@@ -151,28 +153,40 @@ class EarlyFusion(FusionModel):
         self.norm = nn.LayerNorm(c.dim)
 
     def fuse(self, regions, q_tokens, q_pooled, q_pad):
-        B, Q, _, D = q_tokens.shape
-        N = regions.shape[1]
-        L = int((~q_pad).sum(-1).max())  # the longest question in the batch
-        q_tokens, q_pad = q_tokens[:, :, :L], q_pad[:, :, :L]
-        img = (regions + self.modality[0]).unsqueeze(1).expand(-1, Q, -1, -1)  # (B, Q, N, D)
-        seq = torch.cat([img, q_tokens + self.modality[1]], dim=2).reshape(B * Q, N + L, D)
-        pad = torch.cat([torch.zeros(B, Q, N, dtype=torch.bool, device=seq.device), q_pad], dim=2)
-        pad = pad.reshape(B * Q, N + L)
-        *layers, last = self.transformer.layers
-        for layer in layers:
-            seq = layer(seq, src_key_padding_mask=pad)
-        words = self.norm(_question_outputs(last, seq, pad, N)).reshape(B, Q, L, D)
+        L = int((~q_pad).sum(-1).max())  # the longest question in the batch: later columns are padding
+        words, q_pad = q_tokens[:, :, :L] + self.modality[1], q_pad[:, :, :L]  # (B, Q, L, D)
+        image = regions + self.modality[0]  # (B, N, D), the same at every layer
+        for layer in self.transformer.layers:
+            words = _prefixed_layer(layer, words, image, q_pad)
+        words = self.norm(words)
         keep = (~q_pad).unsqueeze(-1).float()  # (B, Q, L, 1)
         return (words * keep).sum(2) / keep.sum(2), None
 
 
-def _question_outputs(layer: nn.TransformerEncoderLayer, seq: torch.Tensor, pad: torch.Tensor, n_regions: int):
-    """A pre-norm encoder layer's outputs (M, L, D) for the tokens after the first `n_regions` of
-    seq (M, N + L, D), which attend to the whole sequence (dropout is 0 in these models)."""
-    h = layer.norm1(seq)
-    words = seq[:, n_regions:]
-    words = words + layer.self_attn(h[:, n_regions:], h, h, key_padding_mask=pad, need_weights=False)[0]
+def _prefixed_layer(layer: nn.TransformerEncoderLayer, words: torch.Tensor, image: torch.Tensor,
+                    pad: torch.Tensor) -> torch.Tensor:
+    """A pre-norm encoder layer's outputs (B, Q, L, D) for the question tokens `words` of the
+    sequences [image; words], without repeating the image's work per question: its keys and values
+    (from `image` (B, N, D)) are computed once and shared by the image's Q questions. `pad`
+    (B, Q, L) masks the questions' padding; dropout is 0 in these models."""
+    D = words.shape[-1]
+    h = layer.self_attn.num_heads
+    w_q, w_k, w_v = layer.self_attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = layer.self_attn.in_proj_bias.chunk(3)
+    normed_words, normed_image = layer.norm1(words), layer.norm1(image)
+
+    def split(x):  # (..., T, D) -> (..., h, T, D / h)
+        return x.unflatten(-1, (h, D // h)).transpose(-3, -2)
+
+    q = split(F.linear(normed_words, w_q, b_q)) / math.sqrt(D // h)  # (B, Q, h, L, d)
+    k_image = split(F.linear(normed_image, w_k, b_k)).unsqueeze(1)  # (B, 1, h, N, d)
+    v_image = split(F.linear(normed_image, w_v, b_v)).unsqueeze(1)
+    k_words, v_words = split(F.linear(normed_words, w_k, b_k)), split(F.linear(normed_words, w_v, b_v))
+    to_words = (q @ k_words.transpose(-1, -2)).masked_fill(pad[:, :, None, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([q @ k_image.transpose(-1, -2), to_words], dim=-1), dim=-1)  # (B, Q, h, L, N + L)
+    N = image.shape[1]
+    read = weights[..., :N] @ v_image + weights[..., N:] @ v_words  # (B, Q, h, L, d)
+    words = words + layer.self_attn.out_proj(read.transpose(-3, -2).flatten(-2))
     return words + layer.linear2(layer.activation(layer.linear1(layer.norm2(words))))
 
 
