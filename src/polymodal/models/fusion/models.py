@@ -168,26 +168,21 @@ class EarlyFusion(FusionModel):
 def _prefixed_layer(layer: nn.TransformerEncoderLayer, words: torch.Tensor, image: torch.Tensor,
                     pad: torch.Tensor) -> torch.Tensor:
     """A pre-norm encoder layer's outputs (B, Q, L, D) for the question tokens `words` of the
-    sequences [image; words], without repeating the image's work per question: its keys and values
-    (from `image` (B, N, D)) are computed once and shared by the image's Q questions. `pad`
+    sequences [image; words], without repeating the image's projections per question: its keys and
+    values (from `image` (B, N, D)) are computed once and shared by the image's Q questions. `pad`
     (B, Q, L) masks the questions' padding; dropout is 0 in these models."""
-    D = words.shape[-1]
-    h = layer.self_attn.num_heads
-    w_q, w_k, w_v = layer.self_attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = layer.self_attn.in_proj_bias.chunk(3)
-    normed_words, normed_image = layer.norm1(words), layer.norm1(image)
+    (B, Q, _, D), N, h = words.shape, image.shape[1], layer.self_attn.num_heads
+    w, b = layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias  # rows: query, key, value
 
     def split(x):  # (..., T, D) -> (..., h, T, D / h)
         return x.unflatten(-1, (h, D // h)).transpose(-3, -2)
 
-    q = split(F.linear(normed_words, w_q, b_q)) / math.sqrt(D // h)  # (B, Q, h, L, d)
-    k_image = split(F.linear(normed_image, w_k, b_k)).unsqueeze(1)  # (B, 1, h, N, d)
-    v_image = split(F.linear(normed_image, w_v, b_v)).unsqueeze(1)
-    k_words, v_words = split(F.linear(normed_words, w_k, b_k)), split(F.linear(normed_words, w_v, b_v))
-    to_words = (q @ k_words.transpose(-1, -2)).masked_fill(pad[:, :, None, None, :], float("-inf"))
-    weights = torch.softmax(torch.cat([q @ k_image.transpose(-1, -2), to_words], dim=-1), dim=-1)  # (B, Q, h, L, N + L)
-    N = image.shape[1]
-    read = weights[..., :N] @ v_image + weights[..., N:] @ v_words  # (B, Q, h, L, d)
+    q, k_words, v_words = map(split, F.linear(layer.norm1(words), w, b).chunk(3, dim=-1))  # (B, Q, h, L, d)
+    k_image, v_image = map(split, F.linear(layer.norm1(image), w[D:], b[D:]).chunk(2, dim=-1))  # (B, h, N, d)
+    k = torch.cat([k_image.unsqueeze(1).expand(-1, Q, -1, -1, -1), k_words], dim=-2)  # (B, Q, h, N + L, d)
+    v = torch.cat([v_image.unsqueeze(1).expand(-1, Q, -1, -1, -1), v_words], dim=-2)
+    visible = torch.cat([pad.new_ones(B, Q, N), ~pad], dim=-1)[:, :, None, None]  # (B, Q, 1, 1, N + L)
+    read = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)  # (B, Q, h, L, d)
     words = words + layer.self_attn.out_proj(read.transpose(-3, -2).flatten(-2))
     return words + layer.linear2(layer.activation(layer.linear1(layer.norm2(words))))
 
